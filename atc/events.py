@@ -1,0 +1,64 @@
+"""The event bus helper: publish an ATC event to the channel-layer group `atc` (DESIGN §6).
+
+Publishing never blocks and never raises into the caller: the send runs as a task of the running loop, and a
+failing channel layer is logged (once per failure streak), not propagated.
+"""
+
+import asyncio
+import itertools
+import logging
+import time
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+GROUP = "atc"
+MESSAGE_TYPE = "atc.event"  # the consumer's handler is `atc_event`
+
+_sequence = itertools.count(1)
+_pending = set()  # strong references to in-flight sends, so they are not garbage-collected mid-way
+_failing = False
+
+
+def make_event(event_type, data):
+    return {"type": event_type, "ts": time.time(), "seq": next(_sequence), "data": data}
+
+
+async def apublish(event_type, **data):
+    """Publish from async code: returns at once; the send happens in the background."""
+    event = make_event(event_type, data)
+    task = asyncio.get_running_loop().create_task(_send(event))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return event
+
+
+def publish(event_type, **data):
+    """Publish from sync code (management commands, admin actions). Never raises."""
+    event = make_event(event_type, data)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(_send)(event)
+    else:  # called from sync code inside a running loop: schedule, don't block it
+        task = asyncio.get_running_loop().create_task(_send(event))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+    return event
+
+
+async def _send(event):
+    global _failing
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(GROUP, {"type": MESSAGE_TYPE, "event": event})
+    except Exception as exc:  # noqa: BLE001 - the caller must never see a publishing failure
+        if not _failing:
+            log.warning("could not publish ATC events (%s); requests are unaffected", type(exc).__name__)
+        _failing = True
+    else:
+        _failing = False

@@ -1,0 +1,141 @@
+"""clood's settings: every environment variable is read here, once, with its default beside it."""
+
+import secrets
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("CLOOD_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+
+
+def _secret_key():
+    """SECRET_KEY from the environment, else one generated on first run and kept in var/."""
+    if env.str("SECRET_KEY", default=""):
+        return env.str("SECRET_KEY")
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "hosts",
+    "proxy",
+    "atc",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "clood_site.urls"
+ASGI_APPLICATION = "clood_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'clood.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads (server, monitor writes) share one file: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Tests run a real clood in a subprocess against the test database, so it must be a file.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_clood.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGIN_URL = "admin:login"
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env.bool("CLOOD_HTTPS", default=False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("CLOOD_LOG_LEVEL", default="INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+}
+
+# --- clood -----------------------------------------------------------------------------------------
+
+# Hosts registered when the registry is empty, as "name=url" pairs separated by commas.
+CLOOD_DEFAULT_HOSTS = env.list("CLOOD_DEFAULT_HOSTS", default=["localhost=http://localhost:11434"])
+CLOOD_ADMIN_USER = env.str("CLOOD_ADMIN_USER", default="admin")
+CLOOD_ADMIN_PASSWORD = env.str("CLOOD_ADMIN_PASSWORD", default="")
+
+# Host monitor: runs inside the server process unless turned off (then run `manage.py monitor`).
+CLOOD_RUN_MONITOR = env.bool("CLOOD_RUN_MONITOR", default=True)
+CLOOD_MONITOR_INTERVAL = env.float("CLOOD_MONITOR_INTERVAL", default=10.0)
+# Per-request timeouts for health checks (seconds) and a deadline for one host's whole check.
+CLOOD_MONITOR_CONNECT_TIMEOUT = env.float("CLOOD_MONITOR_CONNECT_TIMEOUT", default=2.0)
+CLOOD_MONITOR_READ_TIMEOUT = env.float("CLOOD_MONITOR_READ_TIMEOUT", default=5.0)
+CLOOD_MONITOR_HOST_DEADLINE = env.float("CLOOD_MONITOR_HOST_DEADLINE", default=15.0)
+# A management answer larger than this is refused (a host answering 50 MB is broken, not busy).
+CLOOD_MONITOR_MAX_BODY = env.int("CLOOD_MONITOR_MAX_BODY", default=4 * 1024 * 1024)
+# Weight of the newest latency sample in the smoothed latency (exponential moving average).
+CLOOD_LATENCY_SMOOTHING = env.float("CLOOD_LATENCY_SMOOTHING", default=0.3)
+# Failures in a row after which a host's circuit opens (routing skips it until a check succeeds).
+CLOOD_CIRCUIT_THRESHOLD = env.int("CLOOD_CIRCUIT_THRESHOLD", default=3)

@@ -1,0 +1,27 @@
+"""`manage.py monitor`: run the host monitor as its own process (set CLOOD_RUN_MONITOR=false on the servers)."""
+
+import asyncio
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from hosts.monitor import check_hosts, run_forever
+
+
+class Command(BaseCommand):
+    help = "Check every enabled host on an interval (or once, with --once)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="One check of every enabled host, then exit.")
+        parser.add_argument("--interval", type=float, default=settings.CLOOD_MONITOR_INTERVAL)
+
+    def handle(self, *args, once, interval, **options):
+        if once:
+            for name, report in asyncio.run(check_hosts()):
+                status = "online" if report.ok else f"offline — {report.error}"
+                self.stdout.write(f"{name}: {status}")
+            return
+        try:
+            asyncio.run(run_forever(interval))
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,182 @@
+"""The host monitor: checks every enabled host on an interval, concurrently, and records health and inventory.
+
+One dead address never stalls the others: each host has its own deadline (hosts.backends). A result is written with
+`UPDATE … WHERE pk` on the health fields only, so an admin edit made during a check is never overwritten, and a host
+removed while being checked is simply skipped. Every check publishes `host_status`; a changed inventory publishes
+`inventory_changed` (DESIGN §6).
+"""
+
+import asyncio
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from atc.events import apublish
+from hosts.backends import HostTarget, check_host, make_client
+from hosts.models import Host, HostModel
+
+log = logging.getLogger(__name__)
+
+_background_task = None
+
+
+def target_for(host, known_details=None):
+    return HostTarget(
+        name=host.name,
+        base_url=host.base_url,
+        backend=host.backend,
+        api_key=host.api_key,
+        static_models=host.static_model_names(),
+        known_details=known_details or {},
+    )
+
+
+def _load_targets(names):
+    hosts = Host.objects.filter(name__in=names) if names is not None else Host.objects.filter(enabled=True)
+    hosts = list(hosts)
+    details = {}
+    for row in HostModel.objects.filter(host__in=hosts).exclude(details_digest=""):
+        details.setdefault(row.host_id, {})[row.name] = (row.details_digest, row.capabilities, row.context_length)
+    return [(host.pk, target_for(host, details.get(host.pk))) for host in hosts]
+
+
+async def check_hosts(names=None):
+    """Check the given hosts (by name; default: every enabled host) at once. Returns [(name, HostReport)]."""
+    targets = await sync_to_async(_load_targets)(names)
+    async with make_client() as client:
+        reports = await asyncio.gather(*(check_host(client, target) for _, target in targets))
+    results = []
+    for (host_id, target), report in zip(targets, reports, strict=True):
+        events = await sync_to_async(record_report)(host_id, report)
+        for event_type, data in events:
+            await apublish(event_type, **data)
+        results.append((target.name, report))
+    return results
+
+
+def record_report(host_id, report):
+    """Write one check's result. Returns the events to publish ([] when the host is gone)."""
+    now = timezone.now()
+    with transaction.atomic():
+        host = Host.objects.select_for_update().filter(pk=host_id).first()
+        if host is None:
+            return []
+        was_online = host.online
+        health = {"last_checked_at": now}
+        if report.ok:
+            alpha = settings.CLOOD_LATENCY_SMOOTHING
+            latency = report.latency_ms
+            if latency is not None and host.latency_ms is not None and host.online:
+                latency = alpha * latency + (1 - alpha) * host.latency_ms
+            health.update(
+                online=True,
+                latency_ms=latency,
+                version=report.version,
+                last_error="",
+                consecutive_failures=0,
+                circuit=Host.Circuit.CLOSED,
+                last_online_at=now,
+            )
+        else:
+            failures = host.consecutive_failures + 1
+            health.update(
+                online=False,
+                last_error=report.error,
+                consecutive_failures=failures,
+                circuit=Host.Circuit.OPEN if failures >= settings.CLOOD_CIRCUIT_THRESHOLD else host.circuit,
+            )
+        Host.objects.filter(pk=host_id).update(**health)
+        for key, value in health.items():
+            setattr(host, key, value)
+        changes = sync_inventory(host, report.models, now) if report.ok else _mark_unloaded(host)
+    if was_online is not host.online:
+        level = logging.INFO if host.online else logging.WARNING
+        log.log(level, "host %s is %s%s", host.name, host.status_label, f": {host.last_error}" if host.last_error else "")
+    events = [("host_status", host_status_data(host, transition=was_online is not host.online))]
+    if changes:
+        events.append(("inventory_changed", {"host": host.name, **changes}))
+    return events
+
+
+def host_status_data(host, transition=False):
+    return {
+        "host": host.name,
+        "status": host.status_label,
+        "online": host.online,
+        "latency_ms": round(host.latency_ms, 1) if host.latency_ms is not None else None,
+        "version": host.version,
+        "error": host.last_error,
+        "consecutive_failures": host.consecutive_failures,
+        "circuit": host.circuit,
+        "transition": transition,
+    }
+
+
+def sync_inventory(host, models, now):
+    """Make the host's inventory rows match `models`. Returns what changed (empty dict when nothing did)."""
+    existing = {row.name: row for row in HostModel.objects.filter(host=host)}
+    seen = {}
+    for model in models:
+        seen[model.name] = model
+    added, changed, loaded, unloaded = [], [], [], []
+    fields = [
+        "remote_name", "digest", "size", "family", "parameter_size", "quantization",
+        "capabilities", "context_length", "details_digest", "loaded", "loaded_until", "size_vram",
+    ]  # fmt: skip
+    for name, model in seen.items():
+        row = existing.get(name)
+        if row is None:
+            HostModel.objects.create(host=host, name=name, last_seen_at=now, **{f: getattr(model, f) for f in fields})
+            added.append(name)
+            if model.loaded:
+                loaded.append(name)
+            continue
+        if row.digest != model.digest:
+            changed.append(name)
+        if row.loaded != model.loaded:
+            (loaded if model.loaded else unloaded).append(name)
+        for f in fields:
+            setattr(row, f, getattr(model, f))
+        row.last_seen_at = now
+        row.save()
+    removed = sorted(set(existing) - set(seen))
+    if removed:
+        HostModel.objects.filter(host=host, name__in=removed).delete()
+    changes = {"added": added, "removed": removed, "changed": changed, "loaded": loaded, "unloaded": unloaded}
+    return changes if any(changes.values()) else {}
+
+
+def _mark_unloaded(host):
+    """An unreachable host's models are kept (it may come back) but nothing is known to be loaded on it."""
+    names = list(HostModel.objects.filter(host=host, loaded=True).values_list("name", flat=True))
+    if not names:
+        return {}
+    HostModel.objects.filter(host=host, loaded=True).update(loaded=False, loaded_until=None, size_vram=None)
+    return {"added": [], "removed": [], "changed": [], "loaded": [], "unloaded": names}
+
+
+async def run_forever(interval=None):
+    """Check all enabled hosts every `interval` seconds until cancelled. A failing cycle is logged, not fatal."""
+    interval = interval or settings.CLOOD_MONITOR_INTERVAL
+    log.info("host monitor running every %g s", interval)
+    while True:
+        started = time.monotonic()
+        try:
+            await check_hosts()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("host monitor cycle failed; trying again next interval")
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def start_in_background():
+    """Start the monitor as a task of the running event loop, once per process (the server calls this)."""
+    global _background_task
+    if _background_task is None or _background_task.done():
+        _background_task = asyncio.get_running_loop().create_task(run_forever(), name="clood-host-monitor")
+    return _background_task
