@@ -1,6 +1,7 @@
 """ASGI entry point: `daphne clood_site.asgi:application` (and `manage.py runserver`) serve this.
 
-HTTP goes to Django (admin, ATC pages, static files). The host monitor starts with the server's event loop unless
+HTTP to /v1/…, /api/…, /status, /health and /ready goes to the proxy's consumers (proxy/urls.py); the rest to
+Django (admin, ATC pages, static files). The host monitor starts with the server's event loop unless
 CLOOD_RUN_MONITOR is off: daphne has no ASGI lifespan, so it is started when the Twisted reactor runs; servers that
 speak lifespan (uvicorn, hypercorn) start it on `lifespan.startup`.
 """
@@ -14,19 +15,28 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
-from hosts.monitor import start_in_background  # noqa: E402
+from hosts import snapshot  # noqa: E402
+from hosts.monitor import start_in_background as start_monitor  # noqa: E402
+from proxy.urls import urlpatterns as api_routes  # noqa: E402
+
+
+def start_background():
+    """Per-process background work: the routing snapshot refresher, and the host monitor unless turned off."""
+    snapshot.start_refresher()
+    if settings.CLOOD_RUN_MONITOR:
+        start_monitor()
 
 
 async def lifespan(scope, receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            if settings.CLOOD_RUN_MONITOR:
-                start_in_background()
+            start_background()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
@@ -35,12 +45,12 @@ async def lifespan(scope, receive, send):
 
 application = ProtocolTypeRouter(
     {
-        "http": ASGIStaticFilesHandler(django_application),
+        "http": URLRouter([*api_routes, re_path(r"", ASGIStaticFilesHandler(django_application))]),
         "lifespan": lifespan,
     }
 )
 
 _reactor = sys.modules.get("twisted.internet.reactor")
-if settings.CLOOD_RUN_MONITOR and _reactor is not None:
+if _reactor is not None:
     # Startup triggers fire before the asyncio loop runs; callLater runs inside it.
-    _reactor.callWhenRunning(_reactor.callLater, 0, start_in_background)
+    _reactor.callWhenRunning(_reactor.callLater, 0, start_background)

@@ -74,8 +74,6 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'c
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads (server, monitor writes) share one file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
-    # Tests run a real clood in a subprocess against the test database, so it must be a file.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_clood.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -139,3 +137,20 @@ CLOOD_MONITOR_MAX_BODY = env.int("CLOOD_MONITOR_MAX_BODY", default=4 * 1024 * 10
 CLOOD_LATENCY_SMOOTHING = env.float("CLOOD_LATENCY_SMOOTHING", default=0.3)
 # Failures in a row after which a host's circuit opens (routing skips it until a check succeeds).
 CLOOD_CIRCUIT_THRESHOLD = env.int("CLOOD_CIRCUIT_THRESHOLD", default=3)
+
+# Routing snapshot: rebuilt from the database this often (s), so admin edits reach routing within it.
+CLOOD_SNAPSHOT_REFRESH = env.float("CLOOD_SNAPSHOT_REFRESH", default=1.0)
+
+# Proxy (DESIGN §4, §5).
+CLOOD_ROUTING_STRATEGY = env.str("CLOOD_ROUTING_STRATEGY", default="smart")
+CLOOD_QUEUE_MAX = env.int("CLOOD_QUEUE_MAX", default=200)  # waiting requests beyond this get 429
+CLOOD_QUEUE_TIMEOUT = env.float("CLOOD_QUEUE_TIMEOUT", default=60.0)  # longest wait for a slot (s), then 429
+CLOOD_MAX_BODY_BYTES = env.int("CLOOD_MAX_BODY_BYTES", default=32 * 1024 * 1024)  # larger bodies get 413
+CLOOD_CONNECT_TIMEOUT = env.float("CLOOD_CONNECT_TIMEOUT", default=3.0)
+CLOOD_FIRST_BYTE_TIMEOUT = env.float("CLOOD_FIRST_BYTE_TIMEOUT", default=120.0)  # model already loaded
+CLOOD_COLD_START_TIMEOUT = env.float("CLOOD_COLD_START_TIMEOUT", default=600.0)  # model has to be loaded first
+CLOOD_IDLE_TIMEOUT = env.float("CLOOD_IDLE_TIMEOUT", default=60.0)  # longest silence between chunks
+CLOOD_CIRCUIT_COOLDOWN = env.float("CLOOD_CIRCUIT_COOLDOWN", default=30.0)  # then one probe request is let through
+CLOOD_UPSTREAM_MAX_CONNECTIONS = env.int("CLOOD_UPSTREAM_MAX_CONNECTIONS", default=2000)
+CLOOD_EVENT_PROMPT_CHARS = env.int("CLOOD_EVENT_PROMPT_CHARS", default=120)  # 0 hides prompts from events
+CLOOD_LOG_FLUSH_INTERVAL = env.float("CLOOD_LOG_FLUSH_INTERVAL", default=1.0)  # request log batch writes (s)

@@ -27,7 +27,10 @@ class HostForm(forms.ModelForm):
 
     class Meta:
         model = Host
-        exclude = ["api_key"]
+        fields = [
+            "name", "base_url", "backend", "enabled", "priority", "max_concurrency", "static_models",
+            "hardware_cpu", "hardware_gpu", "hardware_memory", "notes",
+        ]  # fmt: skip
 
     def save(self, commit=True):
         host = super().save(commit=False)

@@ -67,12 +67,12 @@ class Host(models.Model):
     def __str__(self):
         return self.name
 
-    def clean(self):
-        self.base_url = (self.base_url or "").strip().rstrip("/")
-
     def save(self, *args, **kwargs):
         self.base_url = (self.base_url or "").strip().rstrip("/")
         super().save(*args, **kwargs)
+
+    def clean(self):
+        self.base_url = (self.base_url or "").strip().rstrip("/")
 
     def is_usable(self):
         return self.enabled and bool(self.online) and self.circuit == self.Circuit.CLOSED

@@ -45,17 +45,22 @@ def _load_targets(names):
 
 
 async def check_hosts(names=None):
-    """Check the given hosts (by name; default: every enabled host) at once. Returns [(name, HostReport)]."""
+    """Check the given hosts (by name; default: every enabled host) at once. Returns [(name, HostReport)].
+
+    Each host's result is recorded as soon as its own check ends, so a slow host delays nobody else's news.
+    """
     targets = await sync_to_async(_load_targets)(names)
     async with make_client() as client:
-        reports = await asyncio.gather(*(check_host(client, target) for _, target in targets))
-    results = []
-    for (host_id, target), report in zip(targets, reports, strict=True):
-        events = await sync_to_async(record_report)(host_id, report)
-        for event_type, data in events:
-            await apublish(event_type, **data)
-        results.append((target.name, report))
-    return results
+        reports = await asyncio.gather(*(_check_and_record(client, host_id, target) for host_id, target in targets))
+    return [(target.name, report) for (_, target), report in zip(targets, reports, strict=True)]
+
+
+async def _check_and_record(client, host_id, target):
+    report = await check_host(client, target)
+    events = await sync_to_async(record_report)(host_id, report)
+    for event_type, data in events:
+        await apublish(event_type, **data)
+    return report
 
 
 def record_report(host_id, report):
@@ -95,7 +100,8 @@ def record_report(host_id, report):
         changes = sync_inventory(host, report.models, now) if report.ok else _mark_unloaded(host)
     if was_online is not host.online:
         level = logging.INFO if host.online else logging.WARNING
-        log.log(level, "host %s is %s%s", host.name, host.status_label, f": {host.last_error}" if host.last_error else "")
+        detail = f": {host.last_error}" if host.last_error else ""
+        log.log(level, "host %s is %s%s", host.name, host.status_label, detail)
     events = [("host_status", host_status_data(host, transition=was_online is not host.online))]
     if changes:
         events.append(("inventory_changed", {"host": host.name, **changes}))

@@ -1,0 +1,173 @@
+"""Answers clood gives itself, from the routing snapshot, in milliseconds even when hosts are down:
+model lists (OpenAI and Ollama), loaded models, version, status, health and readiness."""
+
+import time
+
+from django.conf import settings
+
+from hosts import snapshot
+from hosts.names import normalize_model_name
+from proxy.consumers import ApiConsumer
+from proxy.errors import ApiError
+from proxy.state import admission, stats
+
+CLOOD_VERSION = "0.1.0"
+
+
+def _served_models(garden, backends=("ollama", "openai")):
+    """normalised name -> [(host, ModelView)] over enabled, online hosts."""
+    models = {}
+    for host in garden.hosts:
+        if host.is_usable() and host.backend in backends:
+            for name, model in host.models.items():
+                models.setdefault(name, []).append((host, model))
+    return dict(sorted(models.items()))
+
+
+def _openai_model(name, holders):
+    created = min((int(m.last_seen_at.timestamp()) for _, m in holders), default=0)
+    return {
+        "id": holders[0][1].remote_name,
+        "object": "model",
+        "created": created,
+        "owned_by": "clood",
+        "clood": {"hosts": [h.name for h, _ in holders], "loaded_on": [h.name for h, m in holders if m.loaded]},
+    }
+
+
+def _ollama_model(model, host, extra=None):
+    entry = {
+        "name": model.remote_name,
+        "model": model.remote_name,
+        "modified_at": model.last_seen_at.isoformat(),
+        "size": model.size or 0,
+        "digest": model.digest,
+        "details": {
+            "format": "gguf",
+            "family": model.family,
+            "families": [model.family] if model.family else None,
+            "parameter_size": model.parameter_size,
+            "quantization_level": model.quantization,
+        },
+    }
+    return {**entry, **(extra or {})}
+
+
+class CatalogConsumer(ApiConsumer):
+    methods = ("GET", "HEAD")
+
+    def __init__(self, *args, answer, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answer = answer
+        self.flavour = "ollama" if answer.startswith("ollama") else "openai"
+
+    async def serve(self, body):
+        garden = await snapshot.ensure_fresh()
+        await getattr(self, "answer_" + self.answer.replace(".", "_").replace("-", "_"))(garden)
+
+    async def answer_models(self, garden):
+        data = [_openai_model(name, holders) for name, holders in _served_models(garden).items()]
+        await self.send_json({"object": "list", "data": data})
+
+    async def answer_model(self, garden):
+        model_id = self.scope["url_route"]["kwargs"]["model_id"]
+        holders = _served_models(garden).get(normalize_model_name(model_id))
+        if not holders:
+            raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+        await self.send_json(_openai_model(model_id, holders))
+
+    async def answer_ollama_tags(self, garden):
+        models = [_ollama_model(holders[0][1], holders[0][0])
+                  for holders in _served_models(garden, ("ollama",)).values()]  # fmt: skip
+        await self.send_json({"models": models})
+
+    async def answer_ollama_ps(self, garden):
+        loaded = []
+        for host in garden.hosts:
+            if host.is_usable() and host.backend == "ollama":
+                for model in host.models.values():
+                    if model.loaded:
+                        extra = {
+                            "expires_at": model.loaded_until.isoformat() if model.loaded_until else None,
+                            "size_vram": model.size_vram or 0,
+                            "host": host.name,
+                        }
+                        loaded.append(_ollama_model(model, host, extra))
+        await self.send_json({"models": loaded})
+
+    async def answer_ollama_version(self, garden):
+        versions = sorted({h.version for h in garden.hosts if h.is_usable() and h.backend == "ollama" and h.version},
+                          key=_version_key)  # fmt: skip
+        # The oldest version in the garden: features a client unlocks by version must work on every host.
+        await self.send_json({"version": versions[0] if versions else "0.0.0", "clood": CLOOD_VERSION})
+
+    async def answer_health(self, garden):
+        await self.send_json({"status": "ok"})
+
+    async def answer_ready(self, garden):
+        usable = [h.name for h in garden.hosts if h.is_usable()]
+        body = {"ready": bool(usable), "usable_hosts": usable}
+        if not usable:
+            body["reason"] = "no host is enabled, online and healthy"
+        await self.send_json(body, status=200 if usable else 503)
+
+    async def answer_status(self, garden):
+        hosts = []
+        for host in garden.hosts:
+            live = stats.hosts.get(host.name)
+            hosts.append(
+                {
+                    "name": host.name,
+                    "backend": host.backend,
+                    "status": "disabled" if not host.enabled else
+                              ("online" if host.online else ("offline" if host.online is False else "unknown")),
+                    "latency_ms": host.latency_ms,
+                    "version": host.version,
+                    "models": len(host.models),
+                    "loaded": sorted(m.remote_name for m in host.models.values() if m.loaded),
+                    "requests": live.requests if live else 0,
+                    "errors": live.errors if live else 0,
+                    "tokens": live.tokens if live else 0,
+                    "tokens_per_s": _round(live.recent_tokens_per_s()) if live else None,
+                    "p50_ttft_ms": _round(live.p50_ttft_ms()) if live else None,
+                    "slots_used": admission.in_flight.get(host.name, 0),
+                    "slots_max": host.max_concurrency,
+                    "circuit": host.circuit if host.circuit != "closed" else
+                               (live.circuit_state() if live else "closed"),
+                }
+            )  # fmt: skip
+        await self.send_json(
+            {
+                "clood": CLOOD_VERSION,
+                "uptime_s": round(time.time() - stats.started_at, 1),
+                "strategy": settings.CLOOD_ROUTING_STRATEGY,
+                "totals": dict(stats.totals),
+                "in_flight": sum(admission.in_flight.values()),
+                "queued": admission.queued,
+                "hosts": hosts,
+            }
+        )
+
+
+def _version_key(version):
+    parts = []
+    for piece in version.split("-")[0].split("."):
+        parts.append(int(piece) if piece.isdigit() else 0)
+    return parts
+
+
+def _round(value):
+    return round(value, 1) if value is not None else None
+
+
+class NotFoundConsumer(ApiConsumer):
+    """Any other path under /v1/ or /api/: a 404 in the API's own shape, never an HTML page."""
+
+    methods = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def __init__(self, *args, flavour, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flavour = flavour
+
+    async def serve(self, body):
+        raise ApiError(404, f"Unknown endpoint: {self.scope['method']} {self.scope['path'][:200]}", code="not_found")

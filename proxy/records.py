@@ -1,0 +1,49 @@
+"""The request log writer: rows are collected in memory and written in batches by a background task."""
+
+import asyncio
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from proxy.models import RequestLog
+
+log = logging.getLogger(__name__)
+
+_pending = []
+_writer = None
+
+
+def add(**fields):
+    """Queue one RequestLog row; never blocks the request."""
+    _pending.append(RequestLog(**fields))
+    _start_writer()
+
+
+async def flush():
+    """Write everything queued so far (also called by tests and at shutdown)."""
+    global _pending
+    if not _pending:
+        return 0
+    rows, _pending = _pending, []
+    try:
+        await sync_to_async(RequestLog.objects.bulk_create, thread_sensitive=False)(rows, batch_size=500)
+    except Exception:
+        log.exception("could not write %d request log rows", len(rows))
+        return 0
+    return len(rows)
+
+
+async def _write_forever():
+    while True:
+        await asyncio.sleep(settings.CLOOD_LOG_FLUSH_INTERVAL)
+        await flush()
+
+
+def _start_writer():
+    global _writer
+    if _writer is None or _writer.done():
+        try:
+            _writer = asyncio.get_running_loop().create_task(_write_forever(), name="clood-request-log")
+        except RuntimeError:
+            pass  # no loop (sync caller): rows are written by the next flush()
