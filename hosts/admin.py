@@ -138,10 +138,10 @@ class HostAdmin(admin.ModelAdmin):
         for name, report in async_to_sync(check_hosts)(names):
             if report.ok:
                 loaded = sum(1 for m in report.models if m.loaded)
-                text = f"{name}: online, {_ms(report.latency_ms)}, {len(report.models)} models ({loaded} loaded)"
+                text = f"Host {name}: online, {_ms(report.latency_ms)}, {len(report.models)} models ({loaded} loaded)"
                 self.message_user(request, text, messages.SUCCESS)
             else:
-                self.message_user(request, f"{name}: offline — {report.error}", messages.ERROR)
+                self.message_user(request, f"Host {name}: offline — {report.error}", messages.ERROR)
 
     @admin.action(description="Test connection (nothing is saved)")
     def test_connection(self, request, queryset):
@@ -149,10 +149,10 @@ class HostAdmin(admin.ModelAdmin):
             report = async_to_sync(_test)(host)
             if report.ok:
                 version = f", version {report.version}" if report.version else ""
-                text = f"{host.name}: reachable in {_ms(report.latency_ms)}{version}, {len(report.models)} models"
+                text = f"Host {host.name}: reachable in {_ms(report.latency_ms)}{version}, {len(report.models)} models"
                 self.message_user(request, text, messages.SUCCESS)
             else:
-                self.message_user(request, f"{host.name}: failed — {report.error}", messages.ERROR)
+                self.message_user(request, f"Host {host.name}: failed — {report.error}", messages.ERROR)
 
 
 async def _test(host):

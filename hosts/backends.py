@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 from django.conf import settings
@@ -227,9 +227,10 @@ def _parse_time(value):
         if dot:
             digits = "".join(ch for ch in rest if ch.isdigit())
             value = f"{head}.{digits[:6]}{rest[len(digits):]}"
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _redact(text, target):

@@ -1,7 +1,10 @@
 """The host registry: hosts, their health, and the models each one holds (inventory)."""
 
+import re
+from urllib.parse import urlsplit
+
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, URLValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -9,9 +12,23 @@ from hosts.names import normalize_model_name
 
 
 def validate_base_url(value):
-    URLValidator(schemes=["http", "https"])(value)
-    if "?" in value or "#" in value:
+    """http(s)://host[:port][/path] — LAN names without a dot (`gpu-box`) are fine, unlike URLValidator."""
+    try:
+        parts = urlsplit((value or "").strip())
+        port = parts.port
+    except ValueError:
+        raise ValidationError("Enter a valid URL, e.g. http://192.168.1.20:11434.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter a valid URL starting with http:// or https://, e.g. http://192.168.1.20:11434.")
+    if any(ch.isspace() for ch in value.strip()) or not _HOSTNAME.match(parts.hostname):
+        raise ValidationError("Enter a valid URL: the host name has characters a URL cannot have.")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ValidationError("A base URL has no query string or fragment.")
+    if port == 0:
+        raise ValidationError("Enter a valid URL: port 0 is not a port.")
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
 class Host(models.Model):

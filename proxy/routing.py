@@ -12,6 +12,9 @@ STRATEGIES = ("smart", "priority", "fastest", "least-loaded", "round-robin")
 
 _round_robin = itertools.count()
 
+# Under `smart`, hosts whose speeds differ by less than this are equally fast.
+SPEED_STEP_MS = 25.0
+
 
 @dataclass
 class Candidate:
@@ -134,11 +137,17 @@ def _round_robin_order(candidates):
     return ordered[start:] + ordered[:start]
 
 
+def _speed_class(candidate):
+    """Speed in steps of SPEED_STEP_MS: smaller differences are noise, and priority decides between them."""
+    speed = _speed(candidate)
+    return speed if speed == float("inf") else int(speed // SPEED_STEP_MS)
+
+
 def _smart(candidates):
     """Model already loaded (no cold start) → a free slot → observed speed → priority."""
     for c in candidates:
-        c.score["key"] = [int(not c.loaded), int(not c.free), round(_speed(c), 1), c.host.priority]
-    return sorted(candidates, key=lambda c: (not c.loaded, not c.free, _speed(c), c.host.priority, c.host.name))
+        c.score["key"] = [int(not c.loaded), int(not c.free), _speed_class(c), c.host.priority]
+    return sorted(candidates, key=lambda c: (not c.loaded, not c.free, _speed_class(c), c.host.priority, c.host.name))
 
 
 _ORDER = {

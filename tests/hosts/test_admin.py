@@ -46,6 +46,11 @@ def run_action(admin_client, action, *hosts):
     return admin_client.post(reverse("admin:hosts_host_changelist"), form, follow=True)
 
 
+def test_lan_names_are_valid_urls(admin_client):
+    assert add_host(admin_client, base_url="http://gpu-box:11434").status_code == 302
+    assert Host.objects.get().base_url == "http://gpu-box:11434"
+
+
 def test_register_a_host(admin_client):
     response = add_host(admin_client, new_api_key=CANARY, base_url="http://127.0.0.1:11434/")
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -79,8 +84,10 @@ def test_api_key_is_write_only(admin_client):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("base_url", "ftp://example.com", "Enter a valid URL."),
-        ("base_url", "not a url", "Enter a valid URL."),
+        ("base_url", "ftp://example.com", "Enter a valid URL"),
+        ("base_url", "not a url", "Enter a valid URL"),
+        ("base_url", "http://host:99999", "Enter a valid URL"),
+        ("base_url", "http://bad host:1", "Enter a valid URL"),
         ("base_url", "http://host:11434/?x=1", "no query string"),
         ("name", "has spaces", "Enter a valid “slug”"),
         ("max_concurrency", "0", "greater than or equal to 1"),
@@ -119,8 +126,8 @@ def test_refresh_now_reports_each_host(admin_client, sim_host):
     down = Host.objects.create(name="down", base_url=closed_port_url())
     response = run_action(admin_client, "refresh_now", up, down)
     page = response.content.decode()
-    assert "up: online" in page and "2 models" in page
-    assert "down: offline — connection refused" in page
+    assert "Host up: online" in page and "2 models" in page
+    assert "Host down: offline — connection refused" in page
     assert Host.objects.get(name="up").online is True
     assert Host.objects.get(name="up").models.count() == 2
 
@@ -128,7 +135,7 @@ def test_refresh_now_reports_each_host(admin_client, sim_host):
 def test_test_connection_saves_nothing(admin_client, sim_host):
     host = Host.objects.create(name="up", base_url=sim_host(models=["a:1b"]).url)
     response = run_action(admin_client, "test_connection", host)
-    assert "up: reachable in" in response.content.decode()
+    assert "Host up: reachable in" in response.content.decode()
     host.refresh_from_db()
     assert host.online is None and not host.models.exists()
 
@@ -138,7 +145,7 @@ def test_test_connection_with_a_wrong_key_hides_the_key(admin_client, sim_host):
     host = Host.objects.create(name="vllm", base_url=sim.url, backend="openai", api_key=CANARY)
     response = run_action(admin_client, "test_connection", host)
     page = response.content.decode()
-    assert "vllm: failed" in page and "401" in page
+    assert "Host vllm: failed" in page and "401" in page
     assert CANARY not in page
 
 

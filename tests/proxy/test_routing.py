@@ -42,10 +42,15 @@ def test_smart_prefers_a_free_slot_among_warm_hosts():
 
 
 def test_smart_then_speed_then_priority():
-    names, _ = order([host("a", latency=30, priority=1), host("b", latency=5, priority=9)])
+    names, _ = order([host("a", latency=80, priority=1), host("b", latency=5, priority=9)])
     assert names == ["b", "a"]
     names, _ = order([host("a", latency=5, priority=9), host("b", latency=5, priority=1)])
     assert names == ["b", "a"]
+
+
+def test_smart_treats_small_speed_differences_as_noise():
+    names, _ = order([host("a", latency=3, priority=1), host("b", latency=2, priority=9)])
+    assert names == ["a", "b"]
 
 
 def test_observed_ttft_beats_health_check_latency():

@@ -1,0 +1,101 @@
+"""A garden for the proxy tests: simulated hosts and one real clood (daphne) in front of them, per module.
+
+The monitor is slowed right down (the tests call `hosts refresh` when they want a check), so a test that breaks
+a host's generation endpoints sees the proxy's failover, not the monitor taking the host away.
+"""
+
+import json
+import sqlite3
+
+import httpx
+import pytest
+
+from tests.conftest import CloodProcess, wait_until
+
+PROXY_ENV = {
+    "CLOOD_MONITOR_INTERVAL": "3600",
+    "CLOOD_SNAPSHOT_REFRESH": "0.2",
+    "CLOOD_FIRST_BYTE_TIMEOUT": "2",
+    "CLOOD_COLD_START_TIMEOUT": "4",
+    "CLOOD_IDLE_TIMEOUT": "2",
+    "CLOOD_MAX_BODY_BYTES": str(1024 * 1024),
+    "CLOOD_QUEUE_MAX": "2",
+    "CLOOD_QUEUE_TIMEOUT": "20",
+    "CLOOD_CIRCUIT_THRESHOLD": "1000",
+    "CLOOD_LOG_FLUSH_INTERVAL": "0.2",
+}
+
+
+class Garden:
+    """Simulated hosts registered in a running clood."""
+
+    def __init__(self, server):
+        self.server = server
+        self.url = server.url
+        self.sims = {}
+
+    def add(self, name, sim, *args):
+        self.sims[name] = sim
+        self.server.manage("hosts", "add", name, sim.url, *args)
+
+    def refresh(self):
+        self.server.manage("hosts", "refresh", check=False)
+        wait_until(self._snapshot_matches, timeout=10, what="clood's snapshot to catch up")
+
+    def _snapshot_matches(self):
+        status = httpx.get(self.url + "/status", timeout=5).json()
+        online = {h["name"] for h in status["hosts"] if h["status"] == "online"}
+        with sqlite3.connect(self.server.var_dir / "clood.sqlite3") as db:
+            expected = {row[0] for row in db.execute("select name from hosts_host where online and enabled")}
+        return online == expected
+
+    def status(self, host=None):
+        status = httpx.get(self.url + "/status", timeout=5).json()
+        if host is None:
+            return status
+        return next(h for h in status["hosts"] if h["name"] == host)
+
+    def request_logs(self):
+        with sqlite3.connect(self.server.var_dir / "clood.sqlite3") as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("select * from proxy_requestlog order by id")]
+
+    def log_for(self, request_id):
+        def find():
+            return next((row for row in self.request_logs() if row["request_id"] == request_id), None)
+
+        row = wait_until(find, timeout=10, what=f"request log row {request_id}")
+        row["attempts"] = json.loads(row["attempts"])
+        return row
+
+
+@pytest.fixture(scope="module")
+def clood_factory(tmp_path_factory):
+    servers = []
+
+    def start(env=None):
+        server = CloodProcess(tmp_path_factory.mktemp("clood"), env={**PROXY_ENV, **(env or {})})
+        servers.append(server)
+        return Garden(server.start())
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def sims():
+    """Module-scoped simulated hosts: `sims(models=[...], **config)`."""
+    from hosts.simulator import SimConfig, SimModel, start_in_thread
+
+    started = []
+
+    def start(models=("llama3.2:1b",), **config):
+        specs = [m if isinstance(m, SimModel) else SimModel(name=m) for m in models]
+        host = start_in_thread(SimConfig(models=specs, **config))
+        started.append(host)
+        return host
+
+    yield start
+    for host in started:
+        host.stop()
