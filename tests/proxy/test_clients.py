@@ -112,10 +112,13 @@ def test_openai_backend_gets_its_own_key_never_the_clients(client, garden):
 
 def test_request_fields_pass_through_untouched(client, garden):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    content = [
+        {"type": "text", "text": "héllo ✓"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+    ]
     client.chat.completions.create(
         model="library/llama3.2:1b",
-        messages=[{"role": "user", "content": [{"type": "text", "text": "héllo ✓"},
-                                               {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}],
+        messages=[{"role": "user", "content": content}],
         temperature=0,
         tools=tools,
         extra_body={"reasoning": {"effort": "low"}, "some_future_field": [1, 2.5, None]},

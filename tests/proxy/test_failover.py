@@ -135,9 +135,9 @@ def test_mid_stream_failure_on_ollama_api_is_an_ndjson_error_line(garden):
 async def test_client_disconnect_cancels_the_upstream_request(garden):
     slow = garden.sims["slow"]
     before = slow.stats["disconnects"]
+    body = {"model": "slow:1b", "messages": [{"role": "user", "content": "x"}], "stream": True}
     async with httpx.AsyncClient(base_url=garden.url, timeout=10) as client:
-        async with client.stream("POST", "/v1/chat/completions",
-                                 json={"model": "slow:1b", "messages": [{"role": "user", "content": "x"}], "stream": True}) as response:  # fmt: skip
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             async for _ in response.aiter_bytes():
                 break  # one chunk, then hang up
     await asyncio.to_thread(wait_until, lambda: slow.stats["disconnects"] > before, 5, 0.05, "upstream to close")
