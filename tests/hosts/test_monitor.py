@@ -217,7 +217,7 @@ def test_openai_backend_static_models_when_it_cannot_list(sim_host):
 @pytest.mark.django_db(transaction=True)
 async def test_monitor_events_reach_the_atc_group(sim_host):
     sim = sim_host(models=[SimModel(name="a:1b", loaded=True)])
-    await Host.objects.acreate(name="box", base_url=sim.url)
+    await Host.objects.acreate(name="box", base_url=sim.url, api_key="sk-event-canary-1999")
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add("atc", channel)
@@ -231,6 +231,7 @@ async def test_monitor_events_reach_the_atc_group(sim_host):
     assert events["inventory_changed"]["data"]["added"] == ["a:1b"]
     assert events["inventory_changed"]["data"]["loaded"] == ["a:1b"]
     assert all({"type", "ts", "seq", "data"} <= set(m["event"]) for m in received)
+    assert "sk-event-canary-1999" not in repr(received)
 
 
 @pytest.mark.django_db(transaction=True)

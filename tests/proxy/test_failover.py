@@ -203,3 +203,13 @@ def test_cold_start_is_marked(clood_factory, sims):
     assert garden.log_for(response.headers["x-clood-request-id"])["cold_start"] == 1
     # clood now knows it loaded the model there: the next request is warm.
     assert garden.log_for(chat(garden).headers["x-clood-request-id"])["cold_start"] == 0
+
+
+def test_client_disconnect_cancels_a_non_streamed_request_too(garden):
+    slow = garden.sims["slow"]
+    before = slow.stats["disconnects"]
+    body = {"model": "slow:1b", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(garden.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+    wait_until(lambda: slow.stats["disconnects"] > before, 5, 0.05, "upstream to close")
+    wait_until(lambda: garden.status("slow")["slots_used"] == 0, 5, 0.05, "slot freed")
