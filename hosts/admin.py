@@ -114,7 +114,7 @@ class HostAdmin(admin.ModelAdmin):
 
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, host):
-        return f"{host.latency_ms:.0f} ms" if host.latency_ms is not None else "—"
+        return f"{host.latency_ms:.0f} ms" if host.online and host.latency_ms is not None else "—"
 
     @admin.display(description="installed")
     def models_installed(self, host):

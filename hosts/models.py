@@ -128,6 +128,8 @@ class HostModel(models.Model):
 
     class Meta:
         ordering = ["host__name", "name"]
+        verbose_name = "model"
+        verbose_name_plural = "models (across hosts)"
         constraints = [models.UniqueConstraint(fields=["host", "name"], name="unique_model_per_host")]
 
     def __str__(self):
