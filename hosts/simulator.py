@@ -253,6 +253,9 @@ class SimulatedHost:
 
 
 HOST = web.AppKey("host", SimulatedHost)
+BODY = web.RequestKey("body", object)  # the parsed JSON body
+BODY_ERROR = web.RequestKey("body_error", str)  # why the body is not JSON
+DROP_AFTER = web.RequestKey("drop_after", int)  # the `drop` failure: tokens sent before hanging up
 
 
 def start_in_thread(config=None, port=0):
@@ -320,7 +323,7 @@ async def _answer(request, handler, host):
         return web.json_response({"detail": "Not Found"}, status=404)
     if config.fails(path):
         if config.fail == "drop" and path in GENERATION_PATHS:
-            request["drop_after"] = config.fail_after_tokens  # the generation drops mid-answer
+            request[DROP_AFTER] = config.fail_after_tokens  # the generation drops mid-answer
         else:
             return await play_failure(request, config)
     if config.api_key and path.startswith("/v1/"):
@@ -338,11 +341,11 @@ async def _read_json(request):
     if not raw:
         return None
     try:
-        request["json"] = json.loads(raw)
+        request[BODY] = json.loads(raw)
     except ValueError as exc:
-        request["json_error"] = f"invalid JSON body: {exc}"
+        request[BODY_ERROR] = f"invalid JSON body: {exc}"
         return None
-    return request["json"]
+    return request[BODY]
 
 
 def error_response(path, status, message, code=None):
@@ -401,9 +404,9 @@ async def _wait_forever():
 
 def json_object(request):
     """The request's JSON object, or Refused(400)."""
-    if "json_error" in request:
-        raise Refused(400, request["json_error"])
-    body = request.get("json")
+    if BODY_ERROR in request:
+        raise Refused(400, request[BODY_ERROR])
+    body = request.get(BODY)
     if not isinstance(body, dict):
         raise Refused(400, "the request body must be a JSON object")
     return body
@@ -436,7 +439,7 @@ class Generation:
         self.config = self.host.config
         self.model = model
         self.keep_alive = keep_alive_seconds(keep_alive)
-        self.drop_after = request.get("drop_after")
+        self.drop_after = request.get(DROP_AFTER)
         self.response = None
         self.started = time.perf_counter()
         self.first_token_at = None
