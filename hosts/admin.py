@@ -93,8 +93,16 @@ class HostAdmin(admin.ModelAdmin):
             "Health (written by the monitor)",
             {
                 "fields": [
-                    "online", "latency_ms", "version", "last_checked_at", "last_online_at", "last_error",
-                    "consecutive_failures", "circuit", "created_at", "updated_at",
+                    "online",
+                    "latency_ms",
+                    "version",
+                    "last_checked_at",
+                    "last_online_at",
+                    "last_error",
+                    "consecutive_failures",
+                    "circuit",
+                    "created_at",
+                    "updated_at",
                 ]  # fmt: skip
             },
         ),

@@ -226,7 +226,7 @@ def _parse_time(value):
         head, dot, rest = value.partition(".")
         if dot:
             digits = "".join(ch for ch in rest if ch.isdigit())
-            value = f"{head}.{digits[:6]}{rest[len(digits):]}"
+            value = f"{head}.{digits[:6]}{rest[len(digits) :]}"
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None

@@ -82,7 +82,12 @@ class SimConfig:
     fail_paths: list[str] | None = None  # path prefixes the failure applies to; None = every path
 
     def __post_init__(self):
+        if not isinstance(self.models, list | tuple):
+            raise ValueError("models must be a list")
         self.models = [m if isinstance(m, SimModel) else SimModel(**m) for m in self.models]
+        paths = self.fail_paths
+        if paths is not None and not (isinstance(paths, list | tuple) and all(isinstance(p, str) for p in paths)):
+            raise ValueError("fail_paths must be a list of path prefixes (or null)")
         if self.fail not in (None, *FAIL_MODES):
             raise ValueError(f"fail must be one of {', '.join(FAIL_MODES)} (or null), not {self.fail!r}")
         for name in ("reply_tokens", "ttft", "tokens_per_second", "load_time", "fail_after_tokens"):
@@ -179,10 +184,10 @@ class SimulatedHost:
         if ready_at <= loop.time():
             ready_at = self._loading[model.name] = loop.time() + self.config.load_time
             self._loads += 1
-        wait = max(0.0, ready_at - loop.time())
-        await asyncio.sleep(wait)
+        started = loop.time()
+        await asyncio.sleep(max(0.0, ready_at - started))
         model.loaded = True
-        return wait
+        return loop.time() - started
 
     def release(self, model, keep_alive):
         """A request is done with `model`: keep it loaded `keep_alive` seconds more (None = forever, 0 = unload)."""

@@ -337,4 +337,3 @@ def _dt(timestamp):
 
 def _round(value):
     return round(value, 1) if value is not None else None
-

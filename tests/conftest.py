@@ -124,4 +124,3 @@ def clood_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
-

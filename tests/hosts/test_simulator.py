@@ -339,8 +339,8 @@ def test_api_key_is_required_on_v1_only(sim):
     assert httpx.post(host.url + "/v1/chat/completions", json={"model": "llama3.2:1b"}).status_code == 401
     with openai_client(host, api_key="sk-right-key") as right:
         assert [m.id for m in right.models.list().data] == ["llama3.2:1b"]
-    assert httpx.get(host.url + "/api/tags").status_code == 200
     assert host.stats["last_request"]["headers"]["Authorization"] == "Bearer sk-right-key"
+    assert httpx.get(host.url + "/api/tags").status_code == 200
 
 
 def test_openai_only_server_has_no_ollama_api(sim):
@@ -643,15 +643,22 @@ def test_control_endpoints_change_config_and_report_stats(sim):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"no_such_field": 1}, {"fail": "explode"}, {"models": [{"nom": "x"}]}, {"ttft": -1}, ["not", "an", "object"]],
+    [
+        {"no_such_field": 1},
+        {"fail": "explode"},
+        {"models": [{"nom": "x"}]},
+        {"models": "x:1b"},
+        {"ttft": -1},
+        {"fail_paths": "/api"},
+        ["not", "an", "object"],
+    ],
 )
 def test_control_refuses_bad_config_and_keeps_the_old(sim, changes):
     host = sim()
     response = httpx.post(host.url + "/_sim/config", json=changes)
     assert response.status_code == 400 and response.json()["error"]
-    assert (
-        host.config.fail is None and host.config.ttft == 0 and [m.name for m in host.config.models] == ["llama3.2:1b"]
-    )
+    assert host.config.fail is None and host.config.ttft == 0
+    assert [m.name for m in host.config.models] == ["llama3.2:1b"]
 
 
 def test_serve_runs_hosts_in_the_current_event_loop():

@@ -82,7 +82,9 @@ async def test_a_failed_attempt_publishes_request_failed_with_will_retry(sim_hos
         await HostModel.objects.acreate(host=host, name="llama3.2:1b", remote_name="llama3.2:1b", loaded=True)
     await snapshot.refresh()
     layer, channel = await listen()
-    response = await post("/v1/chat/completions", {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "x"}]})
+    response = await post(
+        "/v1/chat/completions", {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert response["status"] == 200
     events = await drain(layer, channel, until="request_completed")
     failed = next(e for e in events if e["type"] == "request_failed")

@@ -12,7 +12,7 @@ from tests.conftest import wait_until
 
 LONG = "x" * 300_000  # one 300 kB line: no line-length limit may end the stream
 STREAM = (
-    b': a comment line\n\n'
+    b": a comment line\n\n"
     b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant",'
     b'"content":""},"finish_reason":null}],"x_unknown":{"nested":[1,2.50,null]}}\n\n'
     b'data:{"id":"c1","choices":[{"index":0,"delta":{"reasoning":"hmm \\u00e9"},"finish_reason":null}]}\n\n'
@@ -23,8 +23,10 @@ STREAM = (
     b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4,"total_tokens":11}}\n\n'
     b"data: [DONE]\n\n"
 )
-WHOLE = b'{"id":"c2","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},' \
-        b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4},  "extra": true}'
+WHOLE = (
+    b'{"id":"c2","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},'
+    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4},  "extra": true}'
+)
 
 
 class FixedHost(BaseHTTPRequestHandler):
