@@ -5,12 +5,14 @@ failing channel layer is logged (once per failure streak), not propagated.
 """
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +22,26 @@ MESSAGE_TYPE = "atc.event"  # the consumer's handler is `atc_event`
 _sequence = itertools.count(1)
 _pending = set()  # strong references to in-flight sends, so they are not garbage-collected mid-way
 _failing = False
+# The newest events of this process, for snapshots and for resuming a reconnecting dashboard.
+recent = collections.deque(maxlen=settings.CLOOD_ATC_RECENT_EVENTS)
 
 
 def make_event(event_type, data):
-    return {"type": event_type, "ts": time.time(), "seq": next(_sequence), "data": data}
+    event = {"type": event_type, "ts": time.time(), "seq": next(_sequence), "data": data}
+    if event_type != "tick":
+        recent.append(event)
+    return event
+
+
+def last_seq():
+    return recent[-1]["seq"] if recent else 0
+
+
+def events_after(seq):
+    """Events newer than `seq`, or None when some of them are no longer kept (the caller needs a snapshot)."""
+    if recent and recent[0]["seq"] > seq + 1 and seq < last_seq():
+        return None
+    return [event for event in recent if event["seq"] > seq]
 
 
 async def apublish(event_type, **data):

@@ -1,9 +1,11 @@
 """ASGI entry point: `daphne clood_site.asgi:application` (and `manage.py runserver`) serve this.
 
 HTTP to /v1/…, /api/…, /status, /health and /ready goes to the proxy's consumers (proxy/urls.py); the rest to
-Django (admin, ATC pages, static files). The host monitor starts with the server's event loop unless
-CLOOD_RUN_MONITOR is off: daphne has no ASGI lifespan, so it is started when the Twisted reactor runs; servers that
-speak lifespan (uvicorn, hypercorn) start it on `lifespan.startup`.
+Django (admin, ATC pages, static files). Websockets go to ATC (`/ws/atc/`: staff session, origin checked).
+
+Background work (routing snapshot, ATC ticks, and the host monitor unless CLOOD_RUN_MONITOR is off) starts with the
+server's event loop: daphne has no ASGI lifespan, so it is started when the Twisted reactor runs; servers that speak
+lifespan (uvicorn, hypercorn) start it on `lifespan.startup`.
 """
 
 import os
@@ -15,19 +17,24 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from atc.live import start_ticker  # noqa: E402
+from atc.routing import websocket_urlpatterns  # noqa: E402
 from hosts import snapshot  # noqa: E402
 from hosts.monitor import start_in_background as start_monitor  # noqa: E402
 from proxy.urls import urlpatterns as api_routes  # noqa: E402
 
 
 def start_background():
-    """Per-process background work: the routing snapshot refresher, and the host monitor unless turned off."""
+    """Per-process background work: the routing snapshot refresher, ATC's ticks, and the host monitor unless off."""
     snapshot.start_refresher()
+    start_ticker()
     if settings.CLOOD_RUN_MONITOR:
         start_monitor()
 
@@ -46,6 +53,7 @@ async def lifespan(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": URLRouter([*api_routes, re_path(r"", ASGIStaticFilesHandler(django_application))]),
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "lifespan": lifespan,
     }
 )

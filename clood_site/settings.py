@@ -152,3 +152,7 @@ CLOOD_CIRCUIT_COOLDOWN = env.float("CLOOD_CIRCUIT_COOLDOWN", default=30.0)  # th
 CLOOD_UPSTREAM_MAX_CONNECTIONS = env.int("CLOOD_UPSTREAM_MAX_CONNECTIONS", default=2000)
 CLOOD_EVENT_PROMPT_CHARS = env.int("CLOOD_EVENT_PROMPT_CHARS", default=120)  # 0 hides prompts from events
 CLOOD_LOG_FLUSH_INTERVAL = env.float("CLOOD_LOG_FLUSH_INTERVAL", default=1.0)  # request log batch writes (s)
+
+# ATC: pages and websocket need a staff login unless this is on (a read-only wall screen anyone can open).
+CLOOD_ATC_PUBLIC = env.bool("CLOOD_ATC_PUBLIC", default=False)
+CLOOD_ATC_RECENT_EVENTS = env.int("CLOOD_ATC_RECENT_EVENTS", default=500)  # kept for snapshots and resumes

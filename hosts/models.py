@@ -28,6 +28,15 @@ def validate_base_url(value):
         raise ValidationError("Enter a valid URL: port 0 is not a port.")
 
 
+def status_label(enabled, online):
+    """One word for a host's state, as pages, events and /status show it."""
+    if not enabled:
+        return "disabled"
+    if online is None:
+        return "unknown"
+    return "online" if online else "offline"
+
+
 _HOSTNAME = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
@@ -99,11 +108,7 @@ class Host(models.Model):
 
     @property
     def status_label(self):
-        if not self.enabled:
-            return "disabled"
-        if self.online is None:
-            return "unknown"
-        return "online" if self.online else "offline"
+        return status_label(self.enabled, self.online)
 
 
 class HostModel(models.Model):

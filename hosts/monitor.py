@@ -18,6 +18,7 @@ from django.utils import timezone
 from atc.events import apublish
 from hosts.backends import HostTarget, check_host, make_client
 from hosts.models import Host, HostModel
+from hosts.snapshot import model_as_dict
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,18 @@ def record_report(host_id, report):
         log.log(level, "host %s is %s%s", host.name, host.status_label, detail)
     events = [("host_status", host_status_data(host, transition=was_online is not host.online))]
     if changes:
-        events.append(("inventory_changed", {"host": host.name, **changes}))
+        events.append(("inventory_changed", {"host": host.name, **changes, "models": _inventory(host)}))
     return events
+
+
+def _inventory(host):
+    """The host's whole inventory as ATC shows it, flagging names whose digest differs on another host."""
+    rows = list(HostModel.objects.filter(host=host))
+    others = HostModel.objects.filter(name__in=[r.name for r in rows]).exclude(host=host).exclude(digest="")
+    other_digests = {}
+    for name, digest in others.values_list("name", "digest"):
+        other_digests.setdefault(name, set()).add(digest)
+    return [model_as_dict(r, bool(r.digest and other_digests.get(r.name, {r.digest}) - {r.digest})) for r in rows]
 
 
 def host_status_data(host, transition=False):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from hosts.models import Host, HostModel
+from hosts.models import Host, HostModel, status_label
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,19 @@ class HostView:
     api_key: str = field(repr=False)
     version: str
     last_checked_at: object  # aware datetime or None
+    last_error: str
+    hardware_cpu: str
+    hardware_gpu: str
+    hardware_memory: str
+    notes: str
     models: dict  # normalised name -> ModelView
 
     def is_usable(self):
         return self.enabled and bool(self.online) and self.circuit == Host.Circuit.CLOSED
+
+    @property
+    def status_label(self):
+        return status_label(self.enabled, self.online)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,25 @@ class Snapshot:
 
     def host(self, name):
         return next((host for host in self.hosts if host.name == name), None)
+
+
+def model_as_dict(model, digest_differs=False):
+    """A model (HostModel row or snapshot ModelView) as ATC shows it."""
+    return {
+        "name": model.name,
+        "remote_name": model.remote_name,
+        "loaded": model.loaded,
+        "loaded_until": model.loaded_until.isoformat() if model.loaded_until else None,
+        "size": model.size,
+        "size_vram": model.size_vram,
+        "family": model.family,
+        "parameter_size": model.parameter_size,
+        "quantization": model.quantization,
+        "capabilities": list(model.capabilities or ()),
+        "context_length": model.context_length,
+        "digest": model.digest,
+        "digest_differs": digest_differs,
+    }
 
 
 _current = Snapshot()
@@ -111,6 +139,11 @@ def build():
             api_key=h.api_key,
             version=h.version,
             last_checked_at=h.last_checked_at,
+            last_error=h.last_error,
+            hardware_cpu=h.hardware_cpu,
+            hardware_gpu=h.hardware_gpu,
+            hardware_memory=h.hardware_memory,
+            notes=h.notes,
             models=models.get(h.pk, {}),
         )
         for h in hosts

@@ -119,8 +119,7 @@ class CatalogConsumer(ApiConsumer):
                 {
                     "name": host.name,
                     "backend": host.backend,
-                    "status": "disabled" if not host.enabled else
-                              ("online" if host.online else ("offline" if host.online is False else "unknown")),
+                    "status": host.status_label,
                     "latency_ms": host.latency_ms,
                     "version": host.version,
                     "models": len(host.models),

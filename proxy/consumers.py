@@ -25,7 +25,7 @@ from proxy.endpoints import ENDPOINTS, parse, prompt_preview, upstream_body
 from proxy.errors import ApiError, in_band_error
 from proxy.relay import UpstreamError, relay
 from proxy.routing import choose_hosts
-from proxy.state import admission, stats
+from proxy.state import Flight, admission, flights, stats, waiting
 from proxy.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class RelayConsumer(ApiConsumer):
             self._record(outcome="rejected", status=error.status, error=error.message)
             raise
         self.parsed = parsed
+        self.prompt = prompt_preview(parsed.payload, settings.CLOOD_EVENT_PROMPT_CHARS)
         garden = await snapshot.ensure_fresh()
         decision = choose_hosts(
             parsed.model_key, garden, stats, admission.in_flight,
@@ -189,6 +190,8 @@ class RelayConsumer(ApiConsumer):
             return hosts[0]
 
         def queued(position):
+            waiting[self.request_id] = {"id": self.request_id, "model": parsed.model, "since_ts": time.time(),
+                                        "candidates": list(hosts)}  # fmt: skip
             self._publish_later("request_queued", id=self.request_id, model=parsed.model, position=position,
                                 candidates=hosts)  # fmt: skip
 
@@ -200,6 +203,8 @@ class RelayConsumer(ApiConsumer):
             stats.totals["rejected"] += 1
             self._record(outcome="rejected", status=error.status, error=error.message)
             raise
+        finally:
+            waiting.pop(self.request_id, None)
 
     def _release(self, host_name):
         if self.endpoint.admitted:
@@ -215,17 +220,24 @@ class RelayConsumer(ApiConsumer):
         await apublish(
             "request_started", id=self.request_id, model=parsed.model, host=host.name, endpoint=self.endpoint.name,
             stream=parsed.stream, cold=cold, attempt=len(attempts) + 1, decision=self.decision.as_dict(),
-            client=self._client(), prompt=prompt_preview(parsed.payload, settings.CLOOD_EVENT_PROMPT_CHARS),
+            client=self._client(), prompt=self.prompt,
         )  # fmt: skip
         fmt = ("sse" if self.flavour == "openai" else "ndjson") if parsed.stream else "json"
         telemetry = Telemetry(fmt, started)
         sink = _Sink(self, telemetry, parsed)
         first_byte = settings.CLOOD_COLD_START_TIMEOUT if cold else settings.CLOOD_FIRST_BYTE_TIMEOUT
         outbound = upstream_body(body, parsed, candidate.model.remote_name)
-        result = await relay(
-            host, "POST", self.endpoint.path, outbound, sink, telemetry,
-            first_byte_timeout=first_byte, idle_timeout=settings.CLOOD_IDLE_TIMEOUT,
+        flights[self.request_id] = Flight(
+            id=self.request_id, model=parsed.model, host=host.name, endpoint=self.endpoint.name, stream=parsed.stream,
+            cold=cold, client=self._client(), prompt=self.prompt, telemetry=telemetry,
         )  # fmt: skip
+        try:
+            result = await relay(
+                host, "POST", self.endpoint.path, outbound, sink, telemetry,
+                first_byte_timeout=first_byte, idle_timeout=settings.CLOOD_IDLE_TIMEOUT,
+            )  # fmt: skip
+        finally:
+            flights.pop(self.request_id, None)
         error = result.error or (telemetry.error or "")
         if not result.complete:
             await self.send_body(in_band_error(self.flavour, result.error), more_body=True)

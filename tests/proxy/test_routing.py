@@ -19,7 +19,8 @@ def host(name, *, models=("llama3.2:1b",), loaded=(), priority=100, latency=10.0
     return HostView(
         id=hash(name), name=name, base_url=f"http://{name}", backend=backend, priority=priority, enabled=enabled,
         online=online, circuit=circuit, latency_ms=latency, max_concurrency=slots, api_key="", version="0.6.5",
-        last_checked_at=None, models={m: model(m, loaded=m in loaded) for m in models},
+        last_checked_at=None, last_error="", hardware_cpu="", hardware_gpu="", hardware_memory="", notes="",
+        models={m: model(m, loaded=m in loaded) for m in models},
     )  # fmt: skip
 
 

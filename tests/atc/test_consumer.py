@@ -1,0 +1,152 @@
+"""The ATC websocket consumer, with channels' WebsocketCommunicator (as channels' own tests do)."""
+
+import asyncio
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+
+from atc import consumers, events
+from atc.consumers import AtcConsumer
+from clood_site.asgi import application
+from hosts import snapshot
+from hosts.models import Host, HostModel
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def connect(user, path="/ws/atc/"):
+    communicator = WebsocketCommunicator(AtcConsumer.as_asgi(), path)
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+@pytest.fixture
+async def staff():
+    return await User.objects.acreate(username="watcher", is_staff=True)
+
+
+async def test_anonymous_is_refused(settings):
+    settings.CLOOD_ATC_PUBLIC = False
+    communicator = await connect(AnonymousUser())
+    assert (await communicator.receive_output(2))["code"] == consumers.CLOSE_UNAUTHORIZED
+
+
+async def test_public_setting_lets_anyone_watch(settings):
+    settings.CLOOD_ATC_PUBLIC = True
+    communicator = await connect(AnonymousUser())
+    message = await communicator.receive_json_from(2)
+    assert message["type"] == "snapshot" and message["data"]["public"] is True
+    await communicator.disconnect()
+
+
+async def test_snapshot_has_hosts_models_and_counters(staff):
+    host = await Host.objects.acreate(name="box", base_url="http://127.0.0.1:9", online=True, hardware_gpu="RTX 3090",
+                                      api_key="sk-ws-canary-7")  # fmt: skip
+    await HostModel.objects.acreate(host=host, name="llama3.2:1b", remote_name="llama3.2:1b", loaded=True, digest="a")
+    other = await Host.objects.acreate(name="other", base_url="http://127.0.0.1:8", online=False)
+    await HostModel.objects.acreate(host=other, name="llama3.2:1b", remote_name="llama3.2:1b", digest="b")
+    await snapshot.refresh()
+    await events.apublish("host_status", host="box", status="online")
+    await asyncio.sleep(0.01)
+
+    communicator = await connect(staff)
+    message = await communicator.receive_json_from(2)
+    assert message["type"] == "snapshot"
+    data = message["data"]
+    box = next(h for h in data["hosts"] if h["name"] == "box")
+    assert box["status"] == "online" and box["hardware"]["gpu"] == "RTX 3090" and box["max_concurrency"] == 4
+    assert box["models"][0]["loaded"] is True and box["models"][0]["digest_differs"] is True
+    assert data["counters"]["hosts_online"] == 1 and data["counters"]["hosts_total"] == 2
+    assert data["events"][-1]["type"] == "host_status" and message["seq"] == data["events"][-1]["seq"]
+    assert "sk-ws-canary-7" not in str(message)
+    await communicator.disconnect()
+
+
+async def test_live_events_arrive_in_order(staff):
+    communicator = await connect(staff)
+    await communicator.receive_json_from(2)  # snapshot
+    published = [await events.apublish("request_queued", id=str(i), model="m") for i in range(5)]
+    received = [await communicator.receive_json_from(2) for _ in range(5)]
+    assert [e["seq"] for e in received] == [e["seq"] for e in published]
+    assert [e["data"]["id"] for e in received] == ["0", "1", "2", "3", "4"]
+    await communicator.disconnect()
+
+
+async def test_resume_sends_only_what_was_missed(staff):
+    first = await events.apublish("request_queued", id="a", model="m")
+    missed = [await events.apublish("request_queued", id=x, model="m") for x in "bc"]
+    communicator = await connect(staff, f"/ws/atc/?since={first['seq']}")
+    message = await communicator.receive_json_from(2)
+    assert message["type"] == "resume"
+    assert [e["seq"] for e in message["events"]] == [e["seq"] for e in missed]
+    live = await events.apublish("request_queued", id="d", model="m")
+    assert (await communicator.receive_json_from(2))["seq"] == live["seq"]
+    assert await communicator.receive_nothing(0.2)  # no duplicates of b and c
+    await communicator.disconnect()
+
+
+async def test_resume_from_too_long_ago_gets_a_snapshot(staff, monkeypatch):
+    monkeypatch.setattr(events, "recent", events.collections.deque(maxlen=3))
+    for i in range(5):
+        await events.apublish("request_queued", id=str(i), model="m")
+    communicator = await connect(staff, "/ws/atc/?since=1")
+    assert (await communicator.receive_json_from(2))["type"] == "snapshot"
+    await communicator.disconnect()
+
+
+async def test_a_gap_is_filled_from_kept_events(staff):
+    communicator = await connect(staff)
+    await communicator.receive_json_from(2)
+    # Simulate the channel layer dropping two messages for this slow consumer: make them without sending.
+    dropped = [events.make_event("request_queued", {"id": x}) for x in "xy"]
+    after = await events.apublish("request_queued", id="z", model="m")
+    received = [await communicator.receive_json_from(2) for _ in range(3)]
+    assert [e["seq"] for e in received] == [dropped[0]["seq"], dropped[1]["seq"], after["seq"]]
+    await communicator.disconnect()
+
+
+async def test_a_client_that_stops_acknowledging_is_dropped(staff, monkeypatch):
+    monkeypatch.setattr(consumers, "MAX_UNACKED_EVENTS", 5)
+    communicator = await connect(staff)
+    snapshot_message = await communicator.receive_json_from(2)
+    await communicator.send_json_to({"type": "ack", "seq": snapshot_message["seq"]})
+    await asyncio.sleep(0.05)
+    for i in range(8):
+        await events.apublish("request_queued", id=str(i), model="m")
+    outputs = []
+    while True:
+        output = await communicator.receive_output(2)
+        outputs.append(output)
+        if output["type"] == "websocket.close":
+            break
+    assert outputs[-1]["code"] == consumers.CLOSE_TOO_SLOW
+    assert len(outputs) - 1 <= 6  # it was not sent everything first
+
+
+async def test_acknowledging_client_is_kept(staff, monkeypatch):
+    monkeypatch.setattr(consumers, "MAX_UNACKED_EVENTS", 5)
+    communicator = await connect(staff)
+    await communicator.receive_json_from(2)
+    for i in range(12):
+        event = await events.apublish("request_queued", id=str(i), model="m")
+        assert (await communicator.receive_json_from(2))["seq"] == event["seq"]
+        await communicator.send_json_to({"type": "ack", "seq": event["seq"]})
+        await asyncio.sleep(0.01)
+    await communicator.disconnect()
+
+
+async def test_foreign_origin_is_rejected(staff):
+    communicator = WebsocketCommunicator(application, "/ws/atc/", headers=[(b"origin", b"http://evil.example"),
+                                                                            (b"host", b"127.0.0.1")])  # fmt: skip
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_unknown_socket_path_is_closed(staff):
+    communicator = WebsocketCommunicator(application, "/ws/nope/", headers=[(b"origin", b"http://127.0.0.1"),
+                                                                            (b"host", b"127.0.0.1")])  # fmt: skip
+    connected, code = await communicator.connect()
+    assert not connected or code == 4404

@@ -1,0 +1,77 @@
+"""Browser tests: Playwright for Python driving Debian's Chromium against a real clood and simulated hosts.
+
+Screenshots go to `test-artifacts/` at the top of the project (kept out of git) so people can look at the pages.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from hosts.simulator import SimModel
+from tests.conftest import ROOT, CloodProcess, wait_until
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+ADMIN_PASSWORD = "test-admin-pw-0123"  # what CloodProcess sets
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is not installed: ./clood test installs it with apt")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_garden(tmp_path_factory):
+    """A running clood with two simulated hosts (`alpha` warm and fast, `beta` slower), checked every second."""
+    from hosts.simulator import SimConfig, start_in_thread
+
+    sims = {
+        "alpha": start_in_thread(SimConfig(models=[SimModel(name="llama3.2:1b", loaded=True),
+                                                   SimModel(name="nomic-embed-text")],  # fmt: skip
+                                           ttft=0.05, tokens_per_second=40, reply_tokens=40)),
+        "beta": start_in_thread(SimConfig(models=[SimModel(name="qwen2.5-coder:3b")], ttft=0.1,
+                                          tokens_per_second=20, reply_tokens=30)),
+    }  # fmt: skip
+    server = CloodProcess(
+        tmp_path_factory.mktemp("clood-browser"),
+        env={"CLOOD_MONITOR_INTERVAL": "1", "CLOOD_SNAPSHOT_REFRESH": "0.3", "CLOOD_LOG_FLUSH_INTERVAL": "0.3"},
+    )
+    server.start()
+    server.manage("hosts", "add", "alpha", sims["alpha"].url, "--priority", "1")
+    server.manage("hosts", "add", "beta", sims["beta"].url, "--priority", "2")
+    server.manage("hosts", "refresh")
+    server.sims = sims
+    yield server
+    server.stop()
+    for sim in sims.values():
+        sim.stop()
+
+
+@pytest.fixture
+def page(browser, browser_garden):
+    """A page logged in as the admin (staff) user."""
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    page = context.new_page()
+    page.goto(browser_garden.url + "/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    wait_until(lambda: "/admin/login" not in page.url, timeout=10, what="the admin login")
+    yield page
+    context.close()
+
+
+def screenshot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
