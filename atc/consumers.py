@@ -72,7 +72,7 @@ class AtcConsumer(AsyncJsonWebsocketConsumer):
                     if kept["seq"] < seq:
                         await self.send_json(kept)
         self.last_seq = seq
-        await self.send_json(event)
+        await self.send(text_data=message.get("text") or self.encode_json(event))
         if self._too_far_behind():
             await self.close(code=CLOSE_TOO_SLOW)
 

@@ -7,6 +7,7 @@ failing channel layer is logged (once per failure streak), not propagated.
 import asyncio
 import collections
 import itertools
+import json
 import logging
 import time
 
@@ -47,9 +48,7 @@ def events_after(seq):
 async def apublish(event_type, **data):
     """Publish from async code: returns at once; the send happens in the background."""
     event = make_event(event_type, data)
-    task = asyncio.get_running_loop().create_task(_send(event))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    _schedule(asyncio.get_running_loop(), event)
     return event
 
 
@@ -57,23 +56,29 @@ def publish(event_type, **data):
     """Publish from sync code (management commands, admin actions). Never raises."""
     event = make_event(event_type, data)
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         async_to_sync(_send)(event)
     else:  # called from sync code inside a running loop: schedule, don't block it
-        task = asyncio.get_running_loop().create_task(_send(event))
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        _schedule(loop, event)
     return event
+
+
+def _schedule(loop, event):
+    layer = get_channel_layer()
+    if layer is None or (hasattr(layer, "has_receivers") and not layer.has_receivers(GROUP)):
+        return  # nobody is watching in this process (in-memory layer): no task, no serialising
+    task = loop.create_task(_send(event))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
 
 
 async def _send(event):
     global _failing
     layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        await layer.group_send(GROUP, {"type": MESSAGE_TYPE, "event": event})
+        # Serialised once here, not once per dashboard.
+        await layer.group_send(GROUP, {"type": MESSAGE_TYPE, "event": event, "text": json.dumps(event)})
     except Exception as exc:  # noqa: BLE001 - the caller must never see a publishing failure
         if not _failing:
             log.warning("could not publish ATC events (%s); requests are unaffected", type(exc).__name__)

@@ -18,7 +18,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from atc.events import apublish
+from atc.events import apublish, publish
 from hosts import snapshot
 from proxy import records
 from proxy.endpoints import ENDPOINTS, parse, prompt_preview, upstream_body
@@ -192,7 +192,7 @@ class RelayConsumer(ApiConsumer):
         def queued(position):
             waiting[self.request_id] = {"id": self.request_id, "model": parsed.model, "since_ts": time.time(),
                                         "candidates": list(hosts)}  # fmt: skip
-            self._publish_later("request_queued", id=self.request_id, model=parsed.model, position=position,
+            publish("request_queued", id=self.request_id, model=parsed.model, position=position,
                                 candidates=hosts)  # fmt: skip
 
         try:
@@ -290,9 +290,6 @@ class RelayConsumer(ApiConsumer):
         client = self.scope.get("client")
         return f"{client[0]}" if client else ""
 
-    def _publish_later(self, event_type, **data):
-        asyncio.get_running_loop().create_task(apublish(event_type, **data))
-
     def _record(self, *, outcome, status, error="", host="", attempts=(), **fields):
         parsed = getattr(self, "parsed", None)
         records.add(
@@ -339,7 +336,7 @@ class _Sink:
         if not self.first_token_sent and self.telemetry.first_token_at is not None:
             self.first_token_sent = True
             consumer = self.consumer
-            consumer._publish_later("request_first_token", id=consumer.request_id, host=consumer.host_name,
+            publish("request_first_token", id=consumer.request_id, host=consumer.host_name,
                                     ttft_ms=_round(self.telemetry.ttft_ms))  # fmt: skip
 
 

@@ -15,8 +15,8 @@ _writer = None
 
 
 def add(**fields):
-    """Queue one RequestLog row; never blocks the request."""
-    _pending.append(RequestLog(**fields))
+    """Queue one RequestLog row (as plain fields: the model instance is made by the writer); never blocks."""
+    _pending.append(fields)
     _start_writer()
 
 
@@ -27,11 +27,15 @@ async def flush():
         return 0
     rows, _pending = _pending, []
     try:
-        await sync_to_async(RequestLog.objects.bulk_create, thread_sensitive=False)(rows, batch_size=500)
+        await sync_to_async(_write, thread_sensitive=False)(rows)
     except Exception:
         log.exception("could not write %d request log rows", len(rows))
         return 0
     return len(rows)
+
+
+def _write(rows):
+    RequestLog.objects.bulk_create([RequestLog(**fields) for fields in rows], batch_size=500)
 
 
 async def _write_forever():
