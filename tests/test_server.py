@@ -51,7 +51,8 @@ def test_run_command_starts_a_working_clood(tmp_path, sim_host):
         admin = log_in(base)
         wait_until(lambda: ">online<" in admin.get("/admin/hosts/host/").text, what="the default host to go online")
         assert _get(base + "/static/clood.css") == 200
-        assert "sim" in admin.get("/atc/").text
+        assert admin.get("/atc/").status_code == 200
+        assert [h["name"] for h in admin.get("/status").json()["hosts"]] == ["sim"]
 
         sim.config.fail = "error"
         wait_until(lambda: ">offline<" in admin.get("/admin/hosts/host/").text, what="the host to go offline")
