@@ -477,14 +477,17 @@ async def wait_serving(control, url, timeout=120.0):
     an open circuit, a host marked offline); gives up after `timeout` and lets the case count the errors."""
     started = time.perf_counter()
     payload = chat_payload(False)
+    failures = 0
     while time.perf_counter() - started < timeout:
         outcome = await one_request(control, f"{url}/v1/chat/completions", payload, False)
         if not outcome.error:
             break
+        failures += 1
         await asyncio.sleep(1.0)
+    if not failures:
+        return 0.0
     waited = round(time.perf_counter() - started, 1)
-    if waited >= 1:
-        log(f"  {url} served again after {waited} s")
+    log(f"  {url} failed {failures} probe request(s), served again after {waited} s")
     return waited
 
 
@@ -552,7 +555,7 @@ async def rss_check(clood_url, daphne_pid, total, concurrency, timeout):
                     await asyncio.sleep(0.01)
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-        await _finish(tasks)
+        await _finish(tasks, timeout + DRAIN_TIMEOUT)
     elapsed = time.perf_counter() - t0
     values = [s["rss_mb"] for s in samples]
     first, last = values[0], values[-1]
@@ -654,9 +657,9 @@ def render(report):
         f"{s['streams_per_worker']} stream(s) per worker, opened over {s['ramp']} s. The simulated host, clood and the "
         "load generator are three processes sharing these cores.",
         "",
-        "| case | target | conc | req/s | vs direct | p50 ms | p99 ms | TTFT p50 | TTFT p99 | errors "
+        "| case | target | conc | req/s | vs direct | p50 ms | p99 ms | TTFT p50 | TTFT p99 | errors | host peak "
         "| added p50 | added TTFT p50 | clood CPU ms/req | clood peak RSS MB | CPU % gen / sim / clood / other |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["rows"]:
         cpu = r["cpu_percent"]
@@ -673,6 +676,7 @@ def render(report):
             fmt(r["ttft_p50_ms"]),
             fmt(r["ttft_p99_ms"]),
             str(r["errors"]),
+            fmt(r.get("sim_max_in_flight")),
             fmt(r.get("added_p50_ms"), 2) if clood else "",
             fmt(r.get("added_ttft_p50_ms"), 2) if clood else "",
             fmt(per_request * 1000 if per_request is not None else None, 2) if clood else "",
@@ -692,7 +696,7 @@ def render(report):
     rss = report.get("rss_check")
     if rss:
         waited = rss.get("waited_for_clood_s", 0)
-        recovered = f"; first request succeeded {waited} s after the previous case" if waited >= 1 else ""
+        recovered = f"; clood failed probe requests for {waited} s before it" if waited else ""
         trail = ", ".join(f"{x['rss_mb']:.0f} ({x['at_s']:.0f} s)" for x in rss["samples"])
         lines += [
             "",
