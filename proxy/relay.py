@@ -1,41 +1,45 @@
-"""The upstream relay: one shared httpx.AsyncClient, bytes relayed to the client exactly as the host sent them.
+"""The upstream relay: one shared aiohttp ClientSession, bytes relayed to the client exactly as the host sent them.
 
 Nothing is sent to the client until the host's first body bytes arrive, so every failure before that point
 (connect error, timeout, 404/409/429/5xx) can be retried on another host; `UpstreamError.retryable` says which.
 After the first byte the relay only reports how the stream ended.
+
+Why aiohttp and not httpx here: measured with bench/proxy_bench.py, httpx's connection pool does work per request
+that grows with the number of pooled connections (a readability check of every idle connection), which made 1,000
+concurrent streams collapse; aiohttp's pool does not. The monitor's management calls still use httpx.
 """
 
 import asyncio
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from django.conf import settings
-
-from hosts.backends import describe_http_error
 
 # Statuses that mean "try another host": busy (409, 429, 503), broken (5xx), or lost the model (404).
 RETRY_STATUSES = {404, 408, 409, 429}
 # Response headers passed on to the client; everything else (hop-by-hop, server, date…) is the relay's own.
 PASSED_HEADERS = {b"content-type", b"content-length"}
 
-_client = None
-_client_loop = None
+_session = None
+_session_loop = None
 
 
-def upstream_client():
-    """The process's shared upstream client (one per event loop, created on first use)."""
-    global _client, _client_loop
+def upstream_session():
+    """The process's shared upstream session (one per event loop, created on first use)."""
+    global _session, _session_loop
     loop = asyncio.get_running_loop()
-    if _client is None or _client_loop is not loop:
-        limits = httpx.Limits(
-            max_connections=settings.CLOOD_UPSTREAM_MAX_CONNECTIONS,
-            max_keepalive_connections=settings.CLOOD_UPSTREAM_MAX_CONNECTIONS,
-            keepalive_expiry=30,
-        )
-        timeout = httpx.Timeout(None, connect=settings.CLOOD_CONNECT_TIMEOUT)
-        _client = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False, follow_redirects=False)
-        _client_loop = loop
-    return _client
+    if _session is None or _session_loop is not loop or _session.closed:
+        connector = aiohttp.TCPConnector(
+            limit=settings.CLOOD_UPSTREAM_MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30,
+            enable_cleanup_closed=False, use_dns_cache=True, ttl_dns_cache=10,
+        )  # fmt: skip
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.CLOOD_CONNECT_TIMEOUT)
+        _session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar(),
+        )  # fmt: skip
+        _session_loop = loop
+    return _session
 
 
 class UpstreamError(Exception):
@@ -61,68 +65,85 @@ def upstream_headers(host):
     return headers
 
 
+def describe_client_error(exc):
+    """A short, secret-free description of an aiohttp failure (never its own text, which carries URLs)."""
+    kinds = [
+        (aiohttp.ClientConnectorError, "connection refused or host unreachable"),
+        (aiohttp.ServerDisconnectedError, "connection closed by the host"),
+        (aiohttp.ClientPayloadError, "the answer was cut off"),
+        (aiohttp.ClientResponseError, "answered with an invalid HTTP response"),
+        (aiohttp.ClientOSError, "network error"),
+    ]
+    for kind, text in kinds:
+        if isinstance(exc, kind):
+            return text
+    return type(exc).__name__
+
+
 async def relay(host, method, path, body, sink, telemetry, *, first_byte_timeout, idle_timeout):
     """Send one request to `host` and relay the answer into `sink` (start/body/end). Raises UpstreamError
     for failures before the first byte; returns a RelayResult once anything was sent to the client."""
-    client = upstream_client()
-    request = client.build_request(method, host.base_url + path, content=body, headers=upstream_headers(host))
+    session = upstream_session()
     response = None
     try:
         async with asyncio.timeout(first_byte_timeout):
-            response = await client.send(request, stream=True)
-            if response.status_code in RETRY_STATUSES or response.status_code >= 500:
+            response = await session.request(method, host.base_url + path, data=body, headers=upstream_headers(host))
+            if response.status in RETRY_STATUSES or response.status >= 500:
                 detail = await _short_body(response)
-                raise UpstreamError(f"{host.name} answered HTTP {response.status_code}{detail}",
-                                    status=response.status_code)  # fmt: skip
-            chunks = response.aiter_raw()
-            first = await anext(chunks, None)
+                raise UpstreamError(f"{host.name} answered HTTP {response.status}{detail}", status=response.status)
+            first = await response.content.readany()
     except TimeoutError:
-        await _close(response)
+        _close(response)
         raise UpstreamError(f"{host.name} sent nothing within {first_byte_timeout:g} s", timeout=True) from None
-    except httpx.HTTPError as exc:
-        await _close(response)
-        raise UpstreamError(f"{host.name}: {describe_http_error(exc)}") from None
+    except aiohttp.ClientError as exc:
+        _close(response)
+        raise UpstreamError(f"{host.name}: {describe_client_error(exc)}") from None
     except BaseException:
-        await _close(response)
+        _close(response)
         raise
 
     try:
-        headers = [(k, v) for k, v in response.headers.raw if k.lower() in PASSED_HEADERS]
-        await sink.start(response.status_code, headers)
+        headers = [(k, v) for k, v in response.raw_headers if k.lower() in PASSED_HEADERS]
+        await sink.start(response.status, headers)
         chunk = first
-        while chunk is not None:
+        while chunk:
             telemetry.feed(chunk)
             await sink.body(chunk)
             async with asyncio.timeout(idle_timeout):
-                chunk = await anext(chunks, None)
+                chunk = await response.content.readany()
         telemetry.finish()
-        return RelayResult(status=response.status_code)
+        response.release()
+        return RelayResult(status=response.status)
     except TimeoutError:
         silent = f"{host.name} went silent for {idle_timeout:g} s"
-        return RelayResult(response.status_code, complete=False, error=silent)
-    except httpx.HTTPError as exc:
-        return RelayResult(response.status_code, complete=False, error=f"{host.name}: {describe_http_error(exc)}")
-    finally:
-        await _close(response)
+        _close(response)
+        return RelayResult(response.status, complete=False, error=silent)
+    except aiohttp.ClientError as exc:
+        _close(response)
+        return RelayResult(response.status, complete=False, error=f"{host.name}: {describe_client_error(exc)}")
+    except BaseException:
+        _close(response)
+        raise
 
 
 async def _short_body(response):
     try:
         async with asyncio.timeout(2):
-            raw = b""
-            async for chunk in response.aiter_raw():
-                raw += chunk
-                if len(raw) > 2048:
-                    break
-    except (TimeoutError, httpx.HTTPError):
+            raw = await response.content.read(2048)
+    except (TimeoutError, aiohttp.ClientError):
         return ""
     text = raw[:300].decode("utf-8", "replace").strip()
     return f": {text}" if text else ""
 
 
-async def _close(response):
+def _close(response):
     if response is not None:
-        try:
-            await response.aclose()
-        except (httpx.HTTPError, OSError):
-            pass
+        response.close()
+
+
+async def close_session():
+    """Close the shared session (tests, shutdown)."""
+    global _session
+    if _session is not None and not _session.closed:
+        await _session.close()
+    _session = None

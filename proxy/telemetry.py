@@ -133,6 +133,8 @@ class Telemetry:
         """Generation speed: Ollama's own eval timing when given, else tokens over the time after the first one."""
         if self.timings.get("eval_duration") and self.timings.get("eval_count"):
             return self.timings["eval_count"] / (self.timings["eval_duration"] / 1e9)
+        if self.format == "json":
+            return None  # one body: no way to tell generation time from the rest
         tokens = self.total_tokens
         if self.first_token_at and tokens and tokens > 1 and finished > self.first_token_at:
             return (tokens - 1) / (finished - self.first_token_at)

@@ -11,8 +11,16 @@ from clood_site.asgi import application
 from hosts import snapshot
 from hosts.models import Host, HostModel
 from hosts.simulator import SimModel
+from proxy.relay import close_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def close_upstream_session():
+    yield
+    await close_session()
+
 
 HOST_KEY = "sk-event-canary-8080"
 
