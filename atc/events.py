@@ -1,7 +1,9 @@
-"""The event bus helper: publish an ATC event to the channel-layer group `atc` (DESIGN §6).
+"""The event bus helper: publish an ATC event (DESIGN §6).
 
-Publishing never blocks and never raises into the caller: the send runs as a task of the running loop, and a
-failing channel layer is logged (once per failure streak), not propagated.
+Every event is kept in this process's buffer of recent events, which the ATC consumers read in batches (so the
+cost of a dashboard does not grow with the request rate), and is sent to the channel-layer group `atc` for any
+other listener. Publishing never blocks and never raises into the caller: the send runs as a task of the running
+loop, and a failing channel layer is logged (once per failure streak), not propagated.
 """
 
 import asyncio
@@ -18,31 +20,86 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 GROUP = "atc"
-MESSAGE_TYPE = "atc.event"  # the consumer's handler is `atc_event`
+MESSAGE_TYPE = "atc.event"
 
 _sequence = itertools.count(1)
 _pending = set()  # strong references to in-flight sends, so they are not garbage-collected mid-way
 _failing = False
-# The newest events of this process, for snapshots and for resuming a reconnecting dashboard.
+
+
+class Kept:
+    """An event in the buffer, with its JSON text made once, when the first reader needs it."""
+
+    __slots__ = ("event", "seq", "_text")
+
+    def __init__(self, event):
+        self.event = event
+        self.seq = event["seq"]
+        self._text = None
+
+    @property
+    def text(self):
+        if self._text is None:
+            self._text = json.dumps(self.event)
+        return self._text
+
+
+# The newest events of this process (ticks aside), for snapshots, resumes and the consumers' batches.
 recent = collections.deque(maxlen=settings.CLOOD_ATC_RECENT_EVENTS)
+latest_tick = None  # ticks are not kept: only the newest one matters
+_evicted_up_to = 0  # seq of the newest event pushed out of `recent`
+_news = set()  # futures of readers waiting for the next event
 
 
 def make_event(event_type, data):
+    global latest_tick, _evicted_up_to
     event = {"type": event_type, "ts": time.time(), "seq": next(_sequence), "data": data}
-    if event_type != "tick":
-        recent.append(event)
+    if event_type == "tick":
+        latest_tick = Kept(event)
+    else:
+        if len(recent) == recent.maxlen:
+            _evicted_up_to = recent[0].seq
+        recent.append(Kept(event))
+    if _news:
+        for future in _news:
+            if not future.done():
+                future.set_result(None)
+        _news.clear()
     return event
 
 
 def last_seq():
-    return recent[-1]["seq"] if recent else 0
+    """The seq of the newest kept event (ticks aside)."""
+    return recent[-1].seq if recent else 0
+
+
+def newest_seq():
+    """The seq of the newest event, ticks included."""
+    return max(last_seq(), latest_tick.seq if latest_tick else 0)
+
+
+def kept_after(seq):
+    """Kept events newer than `seq`, or None when some of them are gone (the reader needs a snapshot)."""
+    if seq < _evicted_up_to:
+        return None
+    if not recent or recent[-1].seq <= seq:
+        return []
+    return [kept for kept in recent if kept.seq > seq]
 
 
 def events_after(seq):
-    """Events newer than `seq`, or None when some of them are no longer kept (the caller needs a snapshot)."""
-    if recent and recent[0]["seq"] > seq + 1 and seq < last_seq():
-        return None
-    return [event for event in recent if event["seq"] > seq]
+    kept = kept_after(seq)
+    return None if kept is None else [k.event for k in kept]
+
+
+async def news():
+    """Wait until the next event is published."""
+    future = asyncio.get_running_loop().create_future()
+    _news.add(future)
+    try:
+        await future
+    finally:
+        _news.discard(future)
 
 
 async def apublish(event_type, **data):

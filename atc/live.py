@@ -82,7 +82,7 @@ async def build_snapshot(public=False, recent_limit=200):
             "hosts": [host_as_dict(h, live, differing) for h in garden.hosts],
             "in_flight": live["in_flight"],
             "queued": live["queued"],
-            "events": [e for e in events.recent if e["seq"] <= seq][-recent_limit:],
+            "events": [k.event for k in events.recent if k.seq <= seq][-recent_limit:],
             "counters": counters(garden, live, _previous.get("per_second")),
             "public": public,
         },

@@ -183,6 +183,7 @@ def start_stack(procs, workdir):
         CLOOD_MONITOR_INTERVAL="5",
         CLOOD_ADMIN_PASSWORD=secrets.token_urlsafe(16),  # so bootstrap prints no generated password
         CLOOD_DEFAULT_HOSTS=f"sim={sim_url}",  # bootstrap registers the sim, not localhost:11434
+        CLOOD_ATC_PUBLIC="true",  # --dashboards connect without a login
         DEBUG="false",
         PYTHONUNBUFFERED="1",
     )
@@ -581,8 +582,29 @@ async def rss_check(clood_url, daphne_pid, total, concurrency, timeout):
     }
 
 
+async def watch_dashboard(clood_url, counts):
+    """One ATC dashboard: a websocket that reads every message and acknowledges what it read, as the page does."""
+    ws_url = clood_url.replace("http://", "ws://") + "/ws/atc/"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(ws_url, origin=clood_url, max_msg_size=0) as socket:
+            last_ack = time.monotonic()
+            async for message in socket:
+                counts["messages"] += 1
+                frame = json.loads(message.data)
+                seq = (
+                    frame["events"][-1]["seq"] if frame.get("type") == "batch" and frame["events"] else frame.get("seq")
+                )
+                if isinstance(seq, int) and time.monotonic() - last_ack > 2:
+                    await socket.send_json({"type": "ack", "seq": seq})
+                    last_ack = time.monotonic()
+
+
 async def run_all(stack, cases, args):
     rows = []
+    counts = {"messages": 0}
+    watchers = [asyncio.create_task(watch_dashboard(stack["clood_url"], counts)) for _ in range(args.dashboards)]
+    if watchers:
+        log(f"{len(watchers)} ATC dashboards connected")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as control:
         for case in cases:
             log(f"case {case.name}")
@@ -595,6 +617,11 @@ async def run_all(stack, cases, args):
             waited = await wait_serving(control, stack["clood_url"])
             rss = await rss_check(stack["clood_url"], stack["daphne_pid"], args.rss_requests, 16, args.rss_timeout)
             rss["waited_for_clood_s"] = waited
+    for watcher in watchers:
+        watcher.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+    if watchers:
+        log(f"the dashboards received {counts['messages']} messages in all")
     return rows, rss
 
 
@@ -786,6 +813,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--fixed-timeout", type=float, default=180, help="paced-1000: cancel streams still running after this (s)."
     )
+    parser.add_argument("--dashboards", type=int, default=0, help="ATC websocket clients connected during the run.")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="Where to write the JSON results.")
     parser.add_argument("--keep-logs", action="store_true", help="Keep the temporary dir (logs, database).")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from atc.events import publish  # noqa: E402
 from atc.live import start_ticker  # noqa: E402
 from atc.routing import websocket_urlpatterns  # noqa: E402
 from hosts import snapshot  # noqa: E402
@@ -37,6 +38,7 @@ def start_background():
     start_ticker()
     if settings.CLOOD_RUN_MONITOR:
         start_monitor()
+    publish("proxy_started", pid=os.getpid(), monitor=settings.CLOOD_RUN_MONITOR)
 
 
 async def lifespan(scope, receive, send):

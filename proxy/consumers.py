@@ -178,7 +178,8 @@ class RelayConsumer(ApiConsumer):
                 stats.upstream_failed(host_name)
                 attempts.append({"host": host_name, "error": error.message, "status": error.status})
                 await apublish("request_failed", id=self.request_id, model=parsed.model, host=host_name,
-                               error=error.message, attempt=len(attempts), will_retry=bool(remaining))  # fmt: skip
+                               error=error.message, status=error.status, attempt=len(attempts),
+                               will_retry=bool(remaining))  # fmt: skip
                 continue
             finally:
                 self._release(host_name)
@@ -192,8 +193,7 @@ class RelayConsumer(ApiConsumer):
         def queued(position):
             waiting[self.request_id] = {"id": self.request_id, "model": parsed.model, "since_ts": time.time(),
                                         "candidates": list(hosts)}  # fmt: skip
-            publish("request_queued", id=self.request_id, model=parsed.model, position=position,
-                                candidates=hosts)  # fmt: skip
+            publish("request_queued", id=self.request_id, model=parsed.model, position=position, candidates=hosts)
 
         try:
             return await admission.acquire(
@@ -273,6 +273,8 @@ class RelayConsumer(ApiConsumer):
 
     def _fail_all(self, parsed, attempts, last_error, queue_wait_ms):
         self.host_name = ""
+        stats.totals["requests"] += 1
+        stats.totals["errors"] += 1
         tried = "; ".join(a["error"] for a in attempts)
         if last_error is not None and last_error.timeout:
             status = 504
@@ -336,8 +338,8 @@ class _Sink:
         if not self.first_token_sent and self.telemetry.first_token_at is not None:
             self.first_token_sent = True
             consumer = self.consumer
-            publish("request_first_token", id=consumer.request_id, host=consumer.host_name,
-                                    ttft_ms=_round(self.telemetry.ttft_ms))  # fmt: skip
+            ttft_ms = _round(self.telemetry.ttft_ms)
+            publish("request_first_token", id=consumer.request_id, host=consumer.host_name, ttft_ms=ttft_ms)
 
 
 def _dt(timestamp):

@@ -327,16 +327,19 @@ function listen(delay = 1000) {
     return;
   }
   socket.addEventListener("message", (message) => {
-    let event;
+    let frame;
     try {
-      event = JSON.parse(message.data);
+      frame = JSON.parse(message.data);
     } catch {
       return;
     }
-    if (event.type !== "request_started" || !event.data?.id) return;
-    starts.set(event.data.id, event.data);
-    if (starts.size > KEPT_STARTS) starts.delete(starts.keys().next().value);
-    showStart(event.data.id);
+    const events = frame.type === "batch" || frame.type === "resume" ? frame.events : [frame];
+    for (const event of events) {
+      if (event.type !== "request_started" || !event.data?.id) continue;
+      starts.set(event.data.id, event.data);
+      if (starts.size > KEPT_STARTS) starts.delete(starts.keys().next().value);
+      showStart(event.data.id);
+    }
   });
   socket.addEventListener("close", (closed) => {
     if (closed.code === 4401 || closed.code === 4404) return; // not allowed, or no such socket here
