@@ -158,4 +158,4 @@ CLOOD_LOG_FLUSH_INTERVAL = env.float("CLOOD_LOG_FLUSH_INTERVAL", default=1.0)  #
 
 # ATC: pages and websocket need a staff login unless this is on (a read-only wall screen anyone can open).
 CLOOD_ATC_PUBLIC = env.bool("CLOOD_ATC_PUBLIC", default=False)
-CLOOD_ATC_RECENT_EVENTS = env.int("CLOOD_ATC_RECENT_EVENTS", default=500)  # kept for snapshots and resumes
+CLOOD_ATC_RECENT_EVENTS = env.int("CLOOD_ATC_RECENT_EVENTS", default=5000)  # kept for snapshots and resumes
