@@ -80,7 +80,7 @@ def newest_seq():
 
 def kept_after(seq):
     """Kept events newer than `seq`, or None when some of them are gone (the reader needs a snapshot)."""
-    if seq < _evicted_up_to:
+    if seq < _evicted_up_to or seq > newest_seq():  # gone, or from before this process started
         return None
     if not recent or recent[-1].seq <= seq:
         return []

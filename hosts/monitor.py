@@ -72,6 +72,7 @@ def record_report(host_id, report):
         if host is None:
             return []
         was_online = host.online
+        before = (host.online, host.version, host.last_error, host.circuit, host.latency_ms)
         health = {"last_checked_at": now}
         if report.ok:
             alpha = settings.CLOOD_LATENCY_SMOOTHING
@@ -103,7 +104,9 @@ def record_report(host_id, report):
         level = logging.INFO if host.online else logging.WARNING
         detail = f": {host.last_error}" if host.last_error else ""
         log.log(level, "host %s is %s%s", host.name, host.status_label, detail)
-    events = [("host_status", host_status_data(host, transition=was_online is not host.online))]
+    events = []
+    if _noticeable(before, (host.online, host.version, host.last_error, host.circuit, host.latency_ms)):
+        events.append(("host_status", host_status_data(host, transition=was_online is not host.online)))
     if changes:
         events.append(("inventory_changed", {"host": host.name, **changes, "models": _inventory(host)}))
     return events
@@ -117,6 +120,16 @@ def _inventory(host):
     for name, digest in others.values_list("name", "digest"):
         other_digests.setdefault(name, set()).add(digest)
     return [model_as_dict(r, bool(r.digest and other_digests.get(r.name, {r.digest}) - {r.digest})) for r in rows]
+
+
+def _noticeable(before, after):
+    """Whether a check changed something worth an event: state, version, error, circuit, or latency by >25 %."""
+    if before[:4] != after[:4]:
+        return True
+    old, new = before[4], after[4]
+    if old is None or new is None:
+        return old != new
+    return abs(new - old) > max(5.0, 0.25 * old)
 
 
 def host_status_data(host, transition=False):

@@ -19,7 +19,7 @@ CHROMIUM_ARGS = [
 ADMIN_PASSWORD = "test-admin-pw-0123"  # what CloodProcess sets
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: Playwright's sync API holds an event loop while it is open
 def browser():
     from playwright.sync_api import sync_playwright
 
