@@ -591,6 +591,8 @@ async def watch_dashboard(clood_url, counts):
             async for message in socket:
                 counts["messages"] += 1
                 frame = json.loads(message.data)
+                counts[frame.get("type")] = counts.get(frame.get("type"), 0) + 1
+                counts["events"] += len(frame.get("events") or ())
                 seq = (
                     frame["events"][-1]["seq"] if frame.get("type") == "batch" and frame["events"] else frame.get("seq")
                 )
@@ -601,7 +603,7 @@ async def watch_dashboard(clood_url, counts):
 
 async def run_all(stack, cases, args):
     rows = []
-    counts = {"messages": 0}
+    counts = {"messages": 0, "events": 0}
     watchers = [asyncio.create_task(watch_dashboard(stack["clood_url"], counts)) for _ in range(args.dashboards)]
     if watchers:
         log(f"{len(watchers)} ATC dashboards connected")
@@ -621,7 +623,7 @@ async def run_all(stack, cases, args):
         watcher.cancel()
     await asyncio.gather(*watchers, return_exceptions=True)
     if watchers:
-        log(f"the dashboards received {counts['messages']} messages in all")
+        log(f"the dashboards received {counts['messages']} messages in all: {counts}")
     return rows, rss
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: simulated LLM hosts on free loopback ports, and a real clood server process."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -13,9 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def sim_host():
-    """Factory: `sim_host(models=[...], **config)` starts a simulated host; all are stopped after the test."""
+@contextlib.contextmanager
+def simulated_hosts():
+    """Yields `start(models=[...], **config)`, which starts a simulated host; every one is stopped on exit.
+    Models are names or SimModel objects."""
     from hosts.simulator import SimConfig, SimModel, start_in_thread
 
     started = []
@@ -26,9 +28,18 @@ def sim_host():
         started.append(host)
         return host
 
-    yield start
-    for host in started:
-        host.stop()
+    try:
+        yield start
+    finally:
+        for host in started:
+            host.stop()
+
+
+@pytest.fixture
+def sim_host():
+    """Factory: `sim_host(models=[...], **config)` starts a simulated host; all are stopped after the test."""
+    with simulated_hosts() as start:
+        yield start
 
 
 def free_port():

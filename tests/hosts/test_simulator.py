@@ -33,6 +33,7 @@ from hosts.simulator import (
     serve,
     start_in_thread,
 )
+from tests.conftest import simulated_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -41,17 +42,8 @@ HELLO = [{"role": "user", "content": "hello there"}]
 @pytest.fixture
 def sim():
     """Factory: `sim("a:1b", SimModel(...), **config)` starts a simulated host; all are stopped after the test."""
-    started = []
-
-    def start(*models, **config):
-        specs = [m if isinstance(m, SimModel) else SimModel(name=m) for m in models or ("llama3.2:1b",)]
-        host = start_in_thread(SimConfig(models=specs, **config))
-        started.append(host)
-        return host
-
-    yield start
-    for host in started:
-        host.stop()
+    with simulated_hosts() as start:
+        yield lambda *models, **config: start(models or ("llama3.2:1b",), **config)
 
 
 def openai_client(host, api_key="x"):

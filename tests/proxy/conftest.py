@@ -10,7 +10,7 @@ import sqlite3
 import httpx
 import pytest
 
-from tests.conftest import CloodProcess, wait_until
+from tests.conftest import CloodProcess, simulated_hosts, wait_until
 
 PROXY_ENV = {
     "CLOOD_MONITOR_INTERVAL": "3600",
@@ -86,16 +86,5 @@ def clood_factory(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sims():
     """Module-scoped simulated hosts: `sims(models=[...], **config)`."""
-    from hosts.simulator import SimConfig, SimModel, start_in_thread
-
-    started = []
-
-    def start(models=("llama3.2:1b",), **config):
-        specs = [m if isinstance(m, SimModel) else SimModel(name=m) for m in models]
-        host = start_in_thread(SimConfig(models=specs, **config))
-        started.append(host)
-        return host
-
-    yield start
-    for host in started:
-        host.stop()
+    with simulated_hosts() as start:
+        yield start
