@@ -10,4 +10,6 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="atc:dashboard", permanent=False)),
     path("admin/", admin.site.urls),
     path("atc/", include("atc.urls")),
+    path("catfights", include("proxy.catfight_urls")),
+    path("catfights/", include("proxy.catfight_urls")),
 ]

@@ -2,6 +2,8 @@
 
 Tests start it as a fixture, `bench/` as a cheap upstream and `manage.py simhost` lets people try clood without
 Ollama. Models, pacing, cold loads and failures come from a mutable `SimConfig`; nothing here needs Django.
+This module owns the config, the server, failures, the `/_sim/*` control endpoints and what the routes share; the
+routes themselves live in `simulator_ollama` (`/`, `/api/*`) and `simulator_openai` (`/v1/*`).
 """
 
 import asyncio
@@ -27,8 +29,6 @@ MODIFIED_AT = datetime(2025, 1, 1, tzinfo=UTC)
 # Ollama's own words, so clients can tell "busy" from "broken".
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 CRASH_MESSAGE = "llama runner process has terminated: exit status 2"
-# Ollama shows a model kept forever (keep_alive < 0) as expiring after Go's longest duration, ~292 years.
-FOREVER_SECONDS = 292 * 365 * 24 * 3600
 NDJSON = "application/x-ndjson"
 
 _PADDING = b"x" * (256 * 1024)
@@ -597,199 +597,8 @@ def embedding_vector(text):
     return [round(v / norm, 6) for v in raw]
 
 
-def rfc3339(moment):
-    """A time as Ollama writes it: RFC 3339 with the local offset."""
-    if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, UTC)
-    return moment.astimezone().isoformat(timespec="microseconds")
-
-
 def _ns(seconds):
     return max(0, int(seconds * 1e9))
-
-
-def _ndjson(payload):
-    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
-
-
-# --- the Ollama API ------------------------------------------------------------------------------------------------
-
-
-def _details(model):
-    return {
-        "parent_model": "",
-        "format": "gguf",
-        "family": model.family,
-        "families": [model.family],
-        "parameter_size": model.parameter_size,
-        "quantization_level": model.quantization,
-    }
-
-
-def _listing(model):
-    return {"name": model.tag_name, "model": model.tag_name, "size": model.size, "digest": model.digest}
-
-
-async def root(request):
-    return web.Response(text="Ollama is running")
-
-
-async def version(request):
-    return web.json_response({"version": request.app[HOST].config.version})
-
-
-async def tags(request):
-    models = request.app[HOST].config.models
-    listing = [{**_listing(m), "modified_at": rfc3339(MODIFIED_AT), "details": _details(m)} for m in models]
-    return web.json_response({"models": listing})
-
-
-async def ps(request):
-    host = request.app[HOST]
-    running = []
-    for model in host.config.models:
-        if host.is_loaded(model):
-            expires_at = time.time() + FOREVER_SECONDS if model.expires_at is None else model.expires_at
-            running.append(
-                {
-                    **_listing(model),
-                    "details": _details(model),
-                    "expires_at": rfc3339(expires_at),
-                    "size_vram": model.size,
-                }
-            )
-    return web.json_response({"models": running})
-
-
-async def show(request):
-    body = json_object(request)
-    name = body.get("model") or body.get("name")
-    model = request.app[HOST].find_model(name) if isinstance(name, str) else None
-    if model is None:
-        raise Refused(404, f"model '{name}' not found")
-    model_info = {
-        "general.architecture": model.family,
-        "general.basename": model.name.split(":")[0],
-        f"{model.family}.context_length": model.context_length,
-        f"{model.family}.embedding_length": EMBEDDING_DIMENSION,
-    }
-    return web.json_response(
-        {
-            "license": "",
-            "modelfile": f"# Modelfile of a simulated model\nFROM {model.tag_name}\n",
-            "parameters": "",
-            "template": "{{ .Prompt }}",
-            "details": _details(model),
-            "model_info": model_info,
-            "capabilities": list(model.capabilities),
-            "modified_at": rfc3339(MODIFIED_AT),
-        }
-    )
-
-
-async def chat(request):
-    body = json_object(request)
-    model = requested_model(request, body, needs="completion")
-    messages = body.get("messages") or []
-    if not isinstance(messages, list):
-        raise Refused(400, "messages must be a list")
-
-    def message(text):
-        return {"message": {"role": "assistant", "content": text}}
-
-    tool = chosen_tool(body)
-    if tool:
-        calls = [{"function": {"name": tool, "arguments": {}}}]
-        call = {"message": {"role": "assistant", "content": "", "tool_calls": calls}}
-        return await _ollama_reply(request, body, model, count_words(messages), message, tool_call=call)
-    return await _ollama_reply(request, body, model, count_words(messages), message, empty=not messages)
-
-
-async def generate(request):
-    body = json_object(request)
-    model = requested_model(request, body, needs="completion")
-    prompt = body.get("prompt") or ""
-    if not isinstance(prompt, str):
-        raise Refused(400, "prompt must be a string")
-    prompt_tokens = count_words(prompt) + count_words(body.get("system"))
-    return await _ollama_reply(request, body, model, prompt_tokens, lambda text: {"response": text}, empty=not prompt)
-
-
-async def _ollama_reply(request, body, model, prompt_tokens, piece, empty=False, tool_call=None):
-    """Answer /api/chat or /api/generate: NDJSON chunks, one per token, then the `done` summary; or one object.
-
-    An empty prompt only loads (or, with keep_alive 0, unloads) the model, as Ollama does.
-    """
-    host = request.app[HOST]
-    head = {"model": body["model"], "created_at": rfc3339(datetime.now(UTC))}
-    if empty:
-        keep_alive = keep_alive_seconds(body.get("keep_alive"))
-        if keep_alive == 0:
-            model.expires_at = time.time()
-        else:
-            await host.acquire(model)
-            host.release(model, keep_alive)
-        reason = "unload" if keep_alive == 0 else "load"
-        return web.json_response({**head, **piece(""), "done": True, "done_reason": reason})
-    options = body.get("options") if isinstance(body.get("options"), dict) else {}
-    count, limited = token_count(options.get("num_predict"), host.config.reply_tokens)
-    count = 1 if tool_call else count
-    stream = body.get("stream", True) is not False
-    chunks = [_ndjson({**head, **(tool_call or piece(word)), "done": False}) for word in WORDS] if stream else None
-    async with Generation(request, model, body.get("keep_alive")) as gen:
-        await gen.produce(count, chunks)
-        summary = {
-            "done": True,
-            "done_reason": "length" if limited and not tool_call else "stop",
-            **gen.durations(),
-            "prompt_eval_count": prompt_tokens,
-            "eval_count": count,
-        }
-        if stream:
-            await gen.send(_ndjson({**head, **piece(""), **summary}))
-        else:
-            gen.response = web.json_response({**head, **(tool_call or piece(reply_text(count))), **summary})
-    return gen.response
-
-
-async def embed(request):
-    body = json_object(request)
-    model = requested_model(request, body)
-    texts = body.get("input")
-    texts = [texts] if isinstance(texts, str) else texts
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise Refused(400, "input must be a string or a list of strings")
-    async with Generation(request, model, body.get("keep_alive")) as gen:
-        await gen.load()
-        gen.response = web.json_response(
-            {
-                "model": body["model"],
-                "embeddings": [embedding_vector(t) for t in texts],
-                "total_duration": gen.durations()["total_duration"],
-                "load_duration": _ns(gen.load_seconds),
-                "prompt_eval_count": count_words(texts),
-            }
-        )
-    return gen.response
-
-
-async def embeddings_legacy(request):
-    body = json_object(request)
-    model = requested_model(request, body)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        raise Refused(400, "prompt must be a string")
-    async with Generation(request, model, body.get("keep_alive")) as gen:
-        await gen.load()
-        gen.response = web.json_response({"embedding": embedding_vector(prompt)})
-    return gen.response
-
-
-async def health(request):
-    """llama.cpp's health check; an Ollama server has none."""
-    if request.app[HOST].config.ollama_api:
-        raise web.HTTPNotFound(text="404 page not found")
-    return web.json_response({"status": "ok"})
 
 
 # --- runtime control -----------------------------------------------------------------------------------------------
@@ -815,23 +624,27 @@ async def control_reset_stats(request):
     return web.json_response(host.stats)
 
 
+# --- the app -------------------------------------------------------------------------------------------------------
+
+
+async def health(request):
+    """llama.cpp's health check; an Ollama server has none."""
+    if request.app[HOST].config.ollama_api:
+        raise web.HTTPNotFound(text="404 page not found")
+    return web.json_response({"status": "ok"})
+
+
 def build_app(host):
     """The aiohttp application serving `host`."""
-    from hosts.simulator_openai import add_openai_routes  # imported here: that module builds on this one
+    # imported here: those modules build on this one
+    from hosts.simulator_ollama import add_ollama_routes
+    from hosts.simulator_openai import add_openai_routes
 
     app = web.Application(middlewares=[simulate], client_max_size=64 * 1024 * 1024)
     app[HOST] = host
     routes = app.router
-    routes.add_get("/", root)
+    add_ollama_routes(app)
     routes.add_get("/health", health)
-    routes.add_get("/api/version", version)
-    routes.add_get("/api/tags", tags)
-    routes.add_get("/api/ps", ps)
-    routes.add_post("/api/show", show)
-    routes.add_post("/api/chat", chat)
-    routes.add_post("/api/generate", generate)
-    routes.add_post("/api/embed", embed)
-    routes.add_post("/api/embeddings", embeddings_legacy)
     add_openai_routes(app)
     routes.add_get("/_sim/stats", control_stats)
     routes.add_get("/_sim/config", control_config)

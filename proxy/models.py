@@ -40,3 +40,80 @@ class RequestLog(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.model} → {self.host or '-'} ({self.outcome})"
+
+
+class ChallengeSet(models.Model):
+    """A saved list of prompts to run catfights on (edited in the admin)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    prompts = models.JSONField(
+        default=list, help_text='A JSON list of prompts, e.g. ["Explain TCP", "Write fizzbuzz"].'
+    )
+    rubric = models.TextField(blank=True, default="", help_text="Judge rubric for these prompts (optional).")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Catfight(models.Model):
+    """One prompt run against several contestants (model × host), ranked, optionally judged."""
+
+    class RankBy(models.TextChoices):
+        FASTEST = "fastest", "fastest"
+        TOKENS_PER_S = "tokens_per_s", "highest tokens/s"
+        JUDGE = "judge", "judge score"
+
+    prompt = models.TextField()
+    system = models.TextField(blank=True, default="")
+    params = models.JSONField(default=dict, blank=True)  # temperature, seed, max_tokens
+    rank_by = models.CharField(max_length=16, choices=RankBy.choices, default=RankBy.FASTEST)
+    parallel_same_host = models.BooleanField(default=False)
+    judge_model = models.CharField(max_length=255, blank=True, default="")
+    judge_host = models.CharField(max_length=64, blank=True, default="")
+    rubric = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=16, default="running")
+    summary = models.TextField(blank=True, default="")
+    winner = models.ForeignKey("CatfightEntry", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"catfight {self.pk}: {self.prompt[:40]}"
+
+
+class CatfightEntry(models.Model):
+    catfight = models.ForeignKey(Catfight, on_delete=models.CASCADE, related_name="entries")
+    position = models.PositiveSmallIntegerField(default=0)
+    model = models.CharField(max_length=255)
+    host = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, default="pending")
+    output = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    cold = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    load_ms = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens_per_s = models.FloatField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_s = models.FloatField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    output_chars = models.PositiveIntegerField(default=0)
+    judge_score = models.FloatField(null=True, blank=True)
+    judge_explanation = models.TextField(blank=True, default="")
+    rank = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["catfight", "position"]
+
+    def __str__(self):
+        return f"{self.model} @ {self.host}"

@@ -13,8 +13,9 @@ MAX_BUFFERED_BODY = 4 * 1024 * 1024  # a non-streamed answer larger than this is
 class Telemetry:
     """Fed every chunk of one response; `format` is "sse", "ndjson" or "json" (a single body)."""
 
-    def __init__(self, fmt, started):
+    def __init__(self, fmt, started, keep_text=False):
         self.format = fmt
+        self.parts = [] if keep_text else None  # the answer's text, for catfights
         self.started = started
         self.first_byte_at = None
         self.first_token_at = None
@@ -102,6 +103,7 @@ class Telemetry:
             if isinstance(part, dict) and (part.get("content") or part.get("reasoning") or part.get("tool_calls")
                                            or part.get("reasoning_content")):  # fmt: skip
                 self._token(now)
+                self._keep(part.get("content"))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         if whole:
@@ -112,6 +114,7 @@ class Telemetry:
         content = message.get("content") or message.get("thinking") if isinstance(message, dict) else None
         if content or obj.get("response") or obj.get("thinking"):
             self._token(now)
+            self._keep(message.get("content") if isinstance(message, dict) else obj.get("response"))
         if obj.get("done"):
             self.done = True
             self.finish_reason = obj.get("done_reason") or self.finish_reason
@@ -123,6 +126,14 @@ class Telemetry:
                 self.completion_tokens = self.timings["eval_count"]
             if "prompt_eval_count" in self.timings:
                 self.prompt_tokens = self.timings["prompt_eval_count"]
+
+    def _keep(self, text):
+        if self.parts is not None and isinstance(text, str) and text:
+            self.parts.append(text)
+
+    @property
+    def text(self):
+        return "".join(self.parts or ())
 
     def _token(self, now):
         self.tokens += 1

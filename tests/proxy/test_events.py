@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator
 
@@ -98,3 +99,27 @@ async def test_a_failed_attempt_publishes_request_failed_with_will_retry(sim_hos
     failed = next(e for e in events if e["type"] == "request_failed")
     assert failed["data"]["host"] == "broken" and failed["data"]["will_retry"] is True
     assert events[-1]["data"]["host"] == "good" and events[-1]["data"]["attempt"] == 2
+
+
+async def test_a_catfight_publishes_started_entries_and_completed(sim_host):
+    from proxy import catfight
+
+    sim = sim_host(models=[SimModel(name="llama3.2:1b", loaded=True), SimModel(name="qwen2.5-coder:3b")])
+    host = await Host.objects.acreate(name="box", base_url=sim.url, online=True)
+    for name in ("llama3.2:1b", "qwen2.5-coder:3b"):
+        await HostModel.objects.acreate(host=host, name=name, remote_name=name, loaded=name == "llama3.2:1b")
+    await snapshot.refresh()
+    spec = await sync_to_async(catfight.parse_spec)(
+        {"prompt": "hi", "contestants": [{"model": "llama3.2:1b", "host": "box"},
+                                         {"model": "qwen2.5-coder:3b", "host": "box"}]}
+    )  # fmt: skip
+    (fight,) = await sync_to_async(catfight.create)(spec)
+    layer, channel = await listen()
+    await catfight.run(fight.pk)
+    events = await drain(layer, channel, until="catfight_completed")
+    kinds = [(e["type"], e["data"].get("phase")) for e in events]
+    assert kinds[0] == ("catfight_started", None) and kinds[-1] == ("catfight_completed", None)
+    for phase in ("started", "first_token", "completed"):
+        assert kinds.count(("catfight_entry", phase)) == 2
+    completed = events[-1]["data"]
+    assert completed["winner"]["host"] == "box" and [r["rank"] for r in completed["ranking"]] == [1, 2]
