@@ -279,6 +279,8 @@ def _measure(entry, telemetry, started, finished):
     entry.load_ms = timings["load_duration"] / 1e6 if "load_duration" in timings else None
     if timings.get("prompt_eval_count") and timings.get("prompt_eval_duration"):
         entry.prompt_tokens_per_s = timings["prompt_eval_count"] / (timings["prompt_eval_duration"] / 1e9)
+    elif entry.prompt_tokens and entry.ttft_ms:  # measured: the prompt is read before the first token
+        entry.prompt_tokens_per_s = entry.prompt_tokens / (entry.ttft_ms / 1000)
     if telemetry.first_token_at is not None:
         entry.first_token_at = entry.started_at + timedelta(seconds=telemetry.first_token_at - started)
     entry.finished_at = datetime.now(UTC)

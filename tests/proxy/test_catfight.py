@@ -226,3 +226,19 @@ def test_ranking_criteria():
     assert rank([a, b], "fastest")[0] is a
     assert rank([a, b], "tokens_per_s")[0] is b
     assert rank([a, b], "judge")[0] is b
+
+
+def test_a_challenge_set_runs_one_catfight_per_prompt(garden):
+    garden.server.manage(
+        "shell", "-c",
+        "from proxy.models import ChallengeSet; "
+        "ChallengeSet.objects.create(name='basics', prompts=['What is DNS?', 'What is TCP?'], rubric='Be brief.')",
+    )  # fmt: skip
+    sets = httpx.get(garden.url + "/catfights/challenge-sets").json()["challenge_sets"]
+    basics = next(s for s in sets if s["name"] == "basics")
+    contestants = [{"model": "llama3.2:1b", "host": "fast"}, {"model": "llama3.2:1b", "host": "slow"}]
+    response = httpx.post(garden.url + "/catfights", json={"challenge_set": basics["id"], "contestants": contestants})
+    assert response.status_code == 201
+    started = response.json()["catfights"]
+    assert [c["prompt"] for c in started] == ["What is DNS?", "What is TCP?"]
+    assert all(finished(garden, c["id"])["winner"] for c in started)
