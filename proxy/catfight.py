@@ -164,6 +164,8 @@ async def _run_all(catfight_ids):
             await sync_to_async(Catfight.objects.filter(pk=catfight_id).update)(
                 status="completed", summary=failed, finished_at=datetime.now(UTC)
             )
+            await apublish("catfight_completed", id=catfight_id, prompt="", rank_by="", winner=None, summary=failed,
+                           ranking=[])  # fmt: skip
 
 
 # --- running -------------------------------------------------------------------------------------------------------

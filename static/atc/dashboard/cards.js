@@ -1,5 +1,7 @@
 // Host cards: status, latency, slots, numbers, a tokens/s sparkline and the host's models as chips.
+// A card whose host runs a catfight contestant wears a "⚔ catfight" badge, and that model's chip is marked.
 
+import { catfights } from "./analysis.js";
 import { colourOf, series } from "./charts.js";
 import { $, el } from "./dom.js";
 import { fmtMs, fmtRate, latencyClass } from "./format.js";
@@ -44,6 +46,7 @@ export const cards = {
       card,
       name: el("h3", "hc-name", name),
       badge: el("span", "hc-badge"),
+      fight: el("span", "hc-fight", "⚔ catfight"),
       latency: el("span", "hc-latency"),
       meta: el("p", "hc-meta"),
       hardware: el("p", "hc-hardware"),
@@ -58,7 +61,7 @@ export const cards = {
       installed: el("ul", "chips"),
       error: el("p", "hc-error"),
     };
-    head.append(parts.name, parts.badge, parts.latency);
+    head.append(parts.name, parts.badge, parts.fight, parts.latency);
     const slots = el("div", "hc-slots");
     const bar = el("div", "bar");
     bar.append(parts.slotsFill);
@@ -83,8 +86,13 @@ export const cards = {
     if (!host || !parts) return;
     const status = host.status || (host.online ? "online" : "unknown");
     const serving = [...state.flights.values()].filter((f) => !f.queued && !f.retrying && f.host === name);
-    parts.card.className = `host-card status-${status}${serving.length ? " serving" : ""}`;
+    const fighting = catfights.modelsOn(name);
+    parts.card.className = `host-card status-${status}`;
+    parts.card.classList.toggle("serving", serving.length > 0);
+    parts.card.classList.toggle("catfight", fighting.length > 0);
     parts.badge.textContent = status;
+    parts.fight.hidden = !fighting.length;
+    parts.fight.title = fighting.length ? `in a catfight: ${fighting.join(", ")}` : "";
     const latency = host.online ? host.latency_ms : null; // an offline host's last latency means nothing
     parts.latency.textContent = latency === null || latency === undefined ? "" : fmtMs(latency);
     parts.latency.className = `hc-latency ${latencyClass(latency)}`;
@@ -112,6 +120,7 @@ export const cards = {
     const chip = (model) => {
       const item = el("li", "chip", model.remote_name || model.name);
       if (servedModels.some((m) => modelMatches(model, m))) item.classList.add("serving");
+      if (fighting.some((m) => modelMatches(model, m))) item.classList.add("fighting");
       // Judged from the digests we hold (a host's own flag goes stale when another host changes).
       if (model.digest ? differing.has(model.name) : model.digest_differs) {
         const flag = el("span", "digest-flag", "≠ digest");

@@ -55,12 +55,42 @@ function describe(event, context = {}) {
       const next = d.will_retry ? " — trying the next host" : "";
       return `failed ${model} on ${d.host || "no host"}${status}: ${d.error || "no answer"}${next}`;
     }
+    case "catfight_started": {
+      const contestants = (d.contestants || []).map((c) => `${c.model} @ ${c.host}`).join(" vs ");
+      return `catfight #${d.id} started${contestants ? `: ${contestants}` : ""}`;
+    }
+    case "catfight_entry":
+      return `catfight #${d.id}: ${entrySentence(d)}`;
+    case "catfight_completed": {
+      const winner = d.winner ? `${d.winner.model} on ${d.winner.host} wins` : "no winner";
+      return `catfight #${d.id} completed: ${d.summary || winner}`;
+    }
     case "proxy_started":
       return "clood started";
     case "proxy_stopping":
       return "clood is stopping";
     default:
       return genericSentence(event.type, d);
+  }
+}
+
+function entrySentence(d) {
+  const who = `${d.model} on ${d.host}`;
+  switch (d.phase) {
+    case "started":
+      return `${who} started`;
+    case "first_token":
+      return `first token of ${d.model} from ${d.host} after ${fmtMs(d.ttft_ms)}`;
+    case "completed": {
+      const parts = [`${who} done in ${fmtMs(d.duration_ms)}`];
+      if (d.tokens_per_s) parts.push(`${fmtRate(d.tokens_per_s)} tok/s`);
+      if (d.ttft_ms !== null && d.ttft_ms !== undefined) parts.push(`TTFT ${fmtMs(d.ttft_ms)}`);
+      return parts.join(", ");
+    }
+    case "failed":
+      return `${who} failed: ${d.error || "no answer"}`;
+    default:
+      return `${who} ${d.phase}`;
   }
 }
 
@@ -76,6 +106,7 @@ function genericSentence(type, data) {
 const KIND = {
   host_status: "host", inventory_changed: "models", request_queued: "queue", request_started: "route",
   request_first_token: "ttft", request_completed: "done", request_failed: "fail",
+  catfight_started: "fight", catfight_entry: "fight", catfight_completed: "result",
 };
 
 export const feed = {
@@ -91,8 +122,9 @@ export const feed = {
 
   add(event, context = {}) {
     const d = event.data || {};
-    const model = d.model || context.model || this.models.get(d.id) || "";
-    if (d.id && d.model) this.models.set(d.id, d.model);
+    const request = String(event.type).startsWith("request_"); // catfight events carry a catfight id, not a request's
+    const model = d.model || context.model || (request && this.models.get(d.id)) || "";
+    if (request && d.id && d.model) this.models.set(d.id, d.model);
     if (this.models.size > FEED_CAP * 2) this.models.delete(this.models.keys().next().value);
     const routine = event.type === "host_status" && !d.transition; // a health check that changed nothing
     const row = el("li", `ev ev-${event.type}${routine ? " ev-routine" : ""}`);
@@ -100,13 +132,22 @@ export const feed = {
     row.dataset.seq = event.seq;
     if (d.host) row.dataset.host = d.host;
     if (model) row.dataset.model = model;
-    if (d.id && String(event.type).startsWith("request_")) row.dataset.request = d.id;
-    if (event.type === "request_failed" || (event.type === "host_status" && d.status === "offline")) {
+    if (d.id && request) row.dataset.request = d.id;
+    const catfight = String(event.type).startsWith("catfight_");
+    if (catfight) row.dataset.catfight = d.id;
+    const failedEntry = event.type === "catfight_entry" && d.phase === "failed";
+    if (event.type === "request_failed" || failedEntry || (event.type === "host_status" && d.status === "offline")) {
       row.classList.add("ev-bad");
     }
     row.append(el("time", "ev-time", fmtClock(event.ts)), el("span", "ev-kind", KIND[event.type] || "info"));
     const body = el("span", "ev-text", describe(event, { ...context, model }));
     row.append(body);
+    if (event.type === "catfight_started" && d.prompt) row.append(el("q", "ev-prompt", d.prompt));
+    if (event.type === "catfight_completed") {
+      const link = el("a", "ev-link", "details ›");
+      link.href = `/atc/catfight/${encodeURIComponent(d.id)}`;
+      body.append(" ", link);
+    }
     if (event.type === "request_started") {
       if (d.prompt) row.append(el("q", "ev-prompt", d.prompt));
       row.classList.add("ev-clickable");
@@ -137,7 +178,8 @@ export const feed = {
     const host = $("filter-host").value;
     const text = $("filter-text").value.trim().toLowerCase();
     if (entry.routine && !$("filter-routine").checked) return false;
-    if (type && entry.event.type !== type) return false;
+    // The "catfight" choice stands for all three catfight_* types.
+    if (type && entry.event.type !== type && !entry.event.type.startsWith(`${type}_`)) return false;
     if (host && entry.host !== host) return false;
     if (text && !entry.model.toLowerCase().includes(text) && !entry.row.textContent.toLowerCase().includes(text)) {
       return false;

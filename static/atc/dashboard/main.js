@@ -2,6 +2,7 @@
 // Everything a client or host sent is put into the DOM with textContent / createElement, never innerHTML.
 // This entry applies what the server says to the state and the views, and starts the page's clocks.
 
+import { catfights, wireAnalysisPanel } from "./analysis.js";
 import { cards } from "./cards.js";
 import { charts, chartsFromEvent, followChartsWidth } from "./charts.js";
 import { connection, reconnect, startConnection } from "./connection.js";
@@ -29,8 +30,10 @@ function loadSnapshot(message) {
   loadSnapshotState(message);
   $("public-badge").hidden = !state.public;
   feed.clear();
+  catfights.reset(); // the snapshot's recent events hold the catfights to show, newest last
   for (const event of (message.data || {}).events || []) {
     chartsFromEvent(event);
+    catfights.apply(event);
     if (event.type !== "tick") feed.add(event);
   }
   rebuildHostViews();
@@ -41,6 +44,7 @@ function applyEvent(event, live) {
   if (!takeSeq(event, live)) return;
   try {
     const context = updateState(event);
+    catfights.apply(event);
     chartsFromEvent(event);
     if (event.type !== "tick") feed.add(event, context);
   } catch (error) {
@@ -63,6 +67,7 @@ function slideWithTheClock() {
 onNewHost(rebuildHostViews);
 wireFilters();
 wireDecisionPanel();
+wireAnalysisPanel();
 setInterval(tickElapsed, 250);
 setInterval(slideWithTheClock, 1000);
 followChartsWidth();

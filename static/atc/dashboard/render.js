@@ -1,6 +1,7 @@
 // One render pass, shortly after state changes, draws what they marked dirty: the numbers on top, the in-flight
-// table, the host cards and the feed's host filter.
+// table, the catfight panel, the host cards and the feed's host filter.
 
+import { catfights } from "./analysis.js";
 import { cards } from "./cards.js";
 import { $ } from "./dom.js";
 import { refreshHostFilter } from "./feed.js";
@@ -20,9 +21,10 @@ function render() {
   renderScheduled = false;
   if (dirty.header || dirty.flights) renderHeader();
   if (dirty.flights) renderFlights();
+  if (dirty.fight) catfights.render();
   const names = dirty.allHosts || dirty.flights ? [...state.hosts.keys()] : [...dirty.hosts];
   for (const name of names) cards.update(name);
-  dirty.header = dirty.flights = dirty.allHosts = false;
+  dirty.header = dirty.flights = dirty.allHosts = dirty.fight = false;
   dirty.hosts.clear();
   refreshHostFilter();
 }

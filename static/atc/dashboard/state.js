@@ -19,9 +19,10 @@ export const dirty = {
   header: true,
   flights: true,
   allHosts: true,
+  fight: true, // the catfight panel (analysis.js)
   hosts: new Set(),
   all() {
-    this.header = this.flights = this.allHosts = true;
+    this.header = this.flights = this.allHosts = this.fight = true;
   },
 };
 
