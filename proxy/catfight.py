@@ -212,15 +212,15 @@ async def run_entry(catfight, entry):
     garden = snapshot.current()
     host = garden.host(entry.host)
     model = host.models.get(normalize_model_name(entry.model)) if host else None
+    host_stats = stats.hosts.get(entry.host)
+    entry.cold = bool(model) and not (model.loaded or (host_stats and host_stats.recently_loaded(model.name)))
     entry.status = "running"
     entry.started_at = datetime.now(UTC)
-    await entry.asave(update_fields=["status", "started_at"])
+    await entry.asave(update_fields=["status", "started_at", "cold"])
     await apublish("catfight_entry", **_entry_event(catfight, entry, "started"))
     if host is None or model is None or not host.is_usable():
         state = host.status_label if host else "removed"
         return await _fail(catfight, entry, f"{entry.host} is not usable right now ({state})")
-    host_stats = stats.hosts.get(host.name)
-    entry.cold = not (model.loaded or (host_stats and host_stats.recently_loaded(model.name)))
     ollama = host.backend == "ollama"
     path, body = _request(catfight, model.remote_name, ollama)
     started = time.monotonic()
@@ -405,8 +405,11 @@ def summarize(catfight, ranked):
         return "No winner: every contestant failed or gave an empty answer."
     best = ranked[0]
     criterion = {"fastest": "fastest", "tokens_per_s": "highest tokens/s", "judge": "best judge score"}
+    criterion = criterion[catfight.rank_by]
+    if catfight.rank_by == "judge" and best.judge_score is None:
+        criterion = "fastest: no judge score could be read"
     score = f", score {best.judge_score:g}" if best.judge_score is not None else ""
-    lines = [f"{best.model} on {best.host} wins ({criterion[catfight.rank_by]}): {best.duration_ms / 1000:.2f} s, "
+    lines = [f"{best.model} on {best.host} wins ({criterion}): {best.duration_ms / 1000:.2f} s, "
              f"{(best.tokens_per_s or 0):.1f} tok/s{score}."]  # fmt: skip
     failed = [e for e in ranked if e.rank is None]
     if failed:

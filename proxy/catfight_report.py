@@ -1,6 +1,7 @@
 """Reading catfights: their JSON shape (docs/catfight-api.md), the Markdown export and the leaderboard."""
 
 import statistics
+import time
 
 from hosts.names import normalize_model_name
 from proxy.catfight import DEFAULT_RUBRIC, live
@@ -17,7 +18,8 @@ def entry_as_dict(entry):
         "ttft_ms": _round(running.ttft_ms if running is not None else entry.ttft_ms),
         "prompt_tokens": entry.prompt_tokens, "prompt_tokens_per_s": _round(entry.prompt_tokens_per_s),
         "completion_tokens": running.total_tokens if running is not None else entry.completion_tokens,
-        "tokens_per_s": _round(entry.tokens_per_s), "duration_ms": _round(entry.duration_ms),
+        "tokens_per_s": _round(running.tokens_per_s(time.monotonic()) if running is not None else entry.tokens_per_s),
+        "duration_ms": _round(entry.duration_ms),
         "output_chars": len(running.text) if running is not None else entry.output_chars,
         "judge_score": entry.judge_score, "judge_explanation": entry.judge_explanation, "rank": entry.rank,
     }  # fmt: skip

@@ -142,6 +142,7 @@ def test_a_judge_answering_garbage_leaves_scores_empty(garden):
     assert all(e["judge_score"] is None for e in body["entries"])
     assert all("could not be read" in e["judge_explanation"] for e in body["entries"])
     assert body["winner"] is not None  # answers stand; the ranking falls back to speed
+    assert "no judge score could be read" in body["summary"]
 
 
 @pytest.mark.parametrize(
