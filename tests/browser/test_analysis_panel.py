@@ -118,7 +118,8 @@ def test_panel_follows_a_catfight_then_keeps_its_ranking(dashboard, browser_gard
 
     dashboard.set_viewport_size({"width": 1280, "height": 900})
     expect(panel).to_be_visible()
-    assert dashboard.evaluate("document.documentElement.scrollWidth") <= 1280, "the page scrolls sideways"
+    # The charts re-size after the viewport does: wait for the layout to settle, then it must not scroll sideways.
+    dashboard.wait_for_function("document.documentElement.scrollWidth <= 1280", timeout=WAIT)
     screenshot(dashboard, "analysis-1280")
 
     dashboard.click("#fight-close")

@@ -269,5 +269,6 @@ def test_dashboard_fits_a_1280_wide_screen(dashboard, slow_alpha, streamed_reque
     dashboard.set_viewport_size({"width": 1280, "height": 900})
     request = streamed_request("narrow screen")
     expect(dashboard.locator(f"#flights-body tr[data-id='{request.id}']")).to_have_count(1, timeout=WAIT)
-    assert dashboard.evaluate("document.documentElement.scrollWidth") <= 1280, "the page scrolls sideways"
+    # The charts re-size after the viewport does: wait for the layout to settle, then it must not scroll sideways.
+    dashboard.wait_for_function("document.documentElement.scrollWidth <= 1280", timeout=WAIT)
     screenshot(dashboard, "dashboard-1280")
