@@ -6,6 +6,7 @@ Screenshots go to `test-artifacts/` at the top of the project (kept out of git) 
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from hosts.simulator import SimModel
 from tests.conftest import ROOT, CloodProcess, wait_until
@@ -70,6 +71,23 @@ def page(browser, browser_garden):
     wait_until(lambda: "/admin/login" not in page.url, timeout=10, what="the admin login")
     yield page
     context.close()
+
+
+@pytest.fixture
+def dashboard(page, browser_garden):
+    """The logged-in page on /atc/, with its websocket live. A script error on the page fails the test."""
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def on_console(message):
+        if message.type == "error" and message.text.startswith("ATC"):  # an event the page could not show
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.goto(browser_garden.url + "/atc/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=30_000)
+    yield page
+    assert errors == []
 
 
 def screenshot(page, name):

@@ -16,23 +16,6 @@ CATFIGHT = re.compile(r"\bcatfight\b")
 
 
 @pytest.fixture
-def dashboard(page, browser_garden):
-    """The logged-in page on /atc/, with its websocket live. A script error on the page fails the test."""
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-
-    def on_console(message):
-        if message.type == "error" and message.text.startswith("ATC"):  # an event the page could not show
-            errors.append(message.text)
-
-    page.on("console", on_console)
-    page.goto(browser_garden.url + "/atc/")
-    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT)
-    yield page
-    assert errors == []
-
-
-@pytest.fixture
 def sim_config(browser_garden):
     """Factory: `sim_config(host, **changes)` changes a simulated host for this test; undone afterwards."""
     changed = []
