@@ -203,6 +203,9 @@ class RelayConsumer(ApiConsumer):
             stats.totals["rejected"] += 1
             self._record(outcome="rejected", status=error.status, error=error.message)
             raise
+        except asyncio.CancelledError:
+            self._record(outcome="cancelled", status=499, error="the client went away while queued")
+            raise
         finally:
             waiting.pop(self.request_id, None)
 
@@ -236,6 +239,14 @@ class RelayConsumer(ApiConsumer):
                 host, "POST", self.endpoint.path, outbound, sink, telemetry,
                 first_byte_timeout=first_byte, idle_timeout=settings.CLOOD_IDLE_TIMEOUT,
             )  # fmt: skip
+        except asyncio.CancelledError:  # the client went away: the relay has closed the upstream request
+            gone = "the client went away"
+            publish("request_failed", id=self.request_id, model=parsed.model, host=host.name, error=gone, status=None,
+                    attempt=len(attempts) + 1, will_retry=False)  # fmt: skip
+            self._record(outcome="cancelled", status=499, error=gone, host=host.name, cold_start=cold,
+                         attempts=attempts + [{"host": host.name}], started_at=_dt(started_at),
+                         queue_wait_ms=queue_wait_ms, duration_ms=(time.monotonic() - started) * 1000)  # fmt: skip
+            raise
         finally:
             flights.pop(self.request_id, None)
         error = result.error or (telemetry.error or "")

@@ -138,10 +138,13 @@ async def test_client_disconnect_cancels_the_upstream_request(garden):
     body = {"model": "slow:1b", "messages": [{"role": "user", "content": "x"}], "stream": True}
     async with httpx.AsyncClient(base_url=garden.url, timeout=10) as client:
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            request_id = response.headers["x-clood-request-id"]
             async for _ in response.aiter_bytes():
                 break  # one chunk, then hang up
     await asyncio.to_thread(wait_until, lambda: slow.stats["disconnects"] > before, 5, 0.05, "upstream to close")
     await asyncio.to_thread(wait_until, lambda: garden.status("slow")["slots_used"] == 0, 5, 0.05, "slot freed")
+    row = await asyncio.to_thread(garden.log_for, request_id)
+    assert (row["outcome"], row["status"], row["host"]) == ("cancelled", 499, "slow")
 
 
 async def test_queued_request_leaves_the_queue_when_its_client_goes(garden):
