@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from hosts.simulator import (
+from hosts.simulator_requests import (
     EMBEDDING_DIMENSION,
     HOST,
     MODIFIED_AT,

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from hosts.simulator import (
+from hosts.simulator_requests import (
     HOST,
     MODIFIED_AT,
     WORDS,
