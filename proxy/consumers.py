@@ -322,9 +322,6 @@ class RelayConsumer(ApiConsumer):
             **fields,
         )
 
-    async def disconnect(self):
-        pass
-
 
 class _Sink:
     """Where the relay writes: the client's response, started with clood's own headers."""
