@@ -10,6 +10,7 @@ This module owns the config, the server and the `/_sim/*` control endpoints; the
 import asyncio
 import dataclasses
 import hashlib
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class SimConfig:
     fail_status: int = 500
     fail_after_tokens: int = 3
     fail_paths: list[str] | None = None  # path prefixes the failure applies to; None = every path
+    fail_rate: float = 1.0  # the share of matching requests that fail (0.05 = one in twenty, at random)
 
     def __post_init__(self):
         if not isinstance(self.models, list | tuple):
@@ -102,6 +104,9 @@ class SimConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        rate = self.fail_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ValueError(f"fail_rate must be a number from 0 to 1, not {rate!r}")
         if not isinstance(self.fail_status, int) or not 100 <= self.fail_status <= 599:
             raise ValueError(f"fail_status must be an HTTP status, not {self.fail_status!r}")
 
@@ -121,7 +126,9 @@ class SimConfig:
 
     def fails(self, path):
         """Whether the configured failure applies to a request for `path`."""
-        return bool(self.fail) and (self.fail_paths is None or any(path.startswith(p) for p in self.fail_paths))
+        if not self.fail or not (self.fail_paths is None or any(path.startswith(p) for p in self.fail_paths)):
+            return False
+        return self.fail_rate >= 1 or random.random() < self.fail_rate
 
 
 class SimulatedHost:

@@ -468,6 +468,14 @@ def test_failure_applies_only_to_fail_paths(sim):
     assert httpx.get(host.url + "/api/tags").status_code == 200
 
 
+def test_fail_rate_fails_that_share_of_requests_at_random(sim):
+    host = sim(fail="error", fail_rate=0.5)
+    statuses = {httpx.get(host.url + "/api/tags").status_code for _ in range(200)}
+    assert statuses == {200, 500}  # both outcomes; each missing from 200 draws has odds of 2**-200
+    host.config.fail_rate = 0
+    assert all(httpx.get(host.url + "/api/tags").status_code == 200 for _ in range(50))
+
+
 def test_config_changed_from_the_test_thread_applies_to_the_next_request(sim):
     host = sim()
     host.config.fail = "error"
@@ -642,6 +650,7 @@ def test_control_endpoints_change_config_and_report_stats(sim):
         {"models": "x:1b"},
         {"ttft": -1},
         {"fail_paths": "/api"},
+        {"fail_rate": 1.5},
         ["not", "an", "object"],
     ],
 )
