@@ -109,11 +109,24 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("CLOOD_HTTPS", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
+# Canary values that must never appear in output (set by the test suite; see clood_site/tripwire.py).
+CLOOD_TRIPWIRES = env.list("CLOOD_TRIPWIRES", default=[])
+CLOOD_TRIPWIRE_REPORT = env.str("CLOOD_TRIPWIRE_REPORT", default="")
+if CLOOD_TRIPWIRES:
+    MIDDLEWARE.insert(0, "clood_site.tripwire.TripwireMiddleware")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"tripwire": {"()": "clood_site.tripwire.TripwireLogFilter"}} if CLOOD_TRIPWIRES else {},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["tripwire"] if CLOOD_TRIPWIRES else [],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("CLOOD_LOG_LEVEL", default="INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }
@@ -155,6 +168,9 @@ CLOOD_CIRCUIT_COOLDOWN = env.float("CLOOD_CIRCUIT_COOLDOWN", default=30.0)  # th
 CLOOD_UPSTREAM_MAX_CONNECTIONS = env.int("CLOOD_UPSTREAM_MAX_CONNECTIONS", default=2000)
 CLOOD_EVENT_PROMPT_CHARS = env.int("CLOOD_EVENT_PROMPT_CHARS", default=120)  # 0 hides prompts from events
 CLOOD_LOG_FLUSH_INTERVAL = env.float("CLOOD_LOG_FLUSH_INTERVAL", default=1.0)  # request log batch writes (s)
+
+# API keys: /v1 and /api need a valid key once any key exists, or always when this is on.
+CLOOD_REQUIRE_API_KEY = env.bool("CLOOD_REQUIRE_API_KEY", default=False)
 
 # ATC: pages and websocket need a staff login unless this is on (a read-only wall screen anyone can open).
 CLOOD_ATC_PUBLIC = env.bool("CLOOD_ATC_PUBLIC", default=False)

@@ -1,18 +1,154 @@
-"""Admin screens for the proxy: the request log (read-only)."""
+"""Admin screens for the proxy: API keys (the full key shown once), the request log (read-only), catfights."""
 
-from django.contrib import admin
+from datetime import timedelta
 
-from proxy.models import Catfight, CatfightEntry, ChallengeSet, RequestLog
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, Q, Sum
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from hosts.names import model_name_problem
+from proxy.models import ApiKey, Catfight, CatfightEntry, ChallengeSet, RequestLog
+
+
+class ModelListField(forms.CharField):
+    """A list of model names, one per line or comma-separated."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 60})
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, list | tuple) else value
+
+    def to_python(self, value):
+        names = [n.strip() for n in (value or "").replace(",", "\n").splitlines() if n.strip()]
+        for name in names:
+            problem = model_name_problem(name)
+            if problem:
+                raise forms.ValidationError(f"'{name}' is not a model name: {problem}.")
+        return list(dict.fromkeys(names))
+
+
+class ApiKeyForm(forms.ModelForm):
+    allowed_models = ModelListField(
+        required=False, help_text="One model per line (or comma-separated), e.g. llama3.2:3b. Empty: every model."
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "enabled", "allowed_models", "requests_per_minute", "max_concurrency", "expires_at", "notes"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
+    list_display = [
+        "name", "prefix_shown", "state", "models_shown", "requests_per_minute", "max_concurrency",
+        "requests_24h", "tokens_24h", "requests_total", "last_used_at", "expires_at",
+    ]  # fmt: skip
+    list_filter = ["enabled"]
+    search_fields = ["name", "prefix", "notes"]
+    readonly_fields = ["prefix_shown", "created_at", "last_used_at", "usage"]
+    actions = ["roll_keys", "disable_keys"]
+
+    def get_queryset(self, request):
+        day_ago = timezone.now() - timedelta(days=1)
+        recent = Q(requests__queued_at__gte=day_ago)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_total=Count("requests"),
+                n_day=Count("requests", filter=recent),
+                tokens_day=Sum("requests__completion_tokens", filter=recent),
+            )
+        )
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        return fields if obj is not None else [f for f in fields if f not in self.readonly_fields]
+
+    @admin.display(description="key")
+    def prefix_shown(self, key):
+        return f"{key.prefix}…" if key.prefix else "—"
+
+    @admin.display(description="state")
+    def state(self, key):
+        if not key.enabled:
+            return "disabled"
+        return "expired" if key.is_expired() else "active"
+
+    @admin.display(description="models")
+    def models_shown(self, key):
+        return ", ".join(key.allowed_models) if key.allowed_models else "all"
+
+    @admin.display(description="requests 24 h", ordering="n_day")
+    def requests_24h(self, key):
+        return key.n_day
+
+    @admin.display(description="tokens 24 h", ordering="tokens_day")
+    def tokens_24h(self, key):
+        return key.tokens_day or 0
+
+    @admin.display(description="requests", ordering="n_total")
+    def requests_total(self, key):
+        url = reverse("admin:proxy_requestlog_changelist") + f"?api_key__id__exact={key.pk}"
+        return format_html('<a href="{}">{}</a>', url, key.n_total)
+
+    @admin.display(description="usage")
+    def usage(self, key):
+        url = reverse("admin:proxy_requestlog_changelist") + f"?api_key__id__exact={key.pk}"
+        return format_html('{} requests, {} in the last 24 h ({} tokens) — <a href="{}">see them</a>',
+                           key.n_total, key.n_day, key.tokens_day or 0, url)  # fmt: skip
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj._new_key = obj.set_key()
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self._show_once(request, [(obj, obj._new_key)], "made")
+
+    @admin.action(description="Roll the selected keys (new secret, the old one stops working)")
+    def roll_keys(self, request, queryset):
+        rolled = []
+        for key in queryset:
+            secret = key.set_key()
+            key.save(update_fields=["prefix", "key_hash"])
+            rolled.append((key, secret))
+        return self._show_once(request, rolled, "rolled")
+
+    @admin.action(description="Disable the selected keys")
+    def disable_keys(self, request, queryset):
+        count = queryset.update(enabled=False)
+        self.message_user(request, f"Disabled {count} key(s).", messages.SUCCESS)
+
+    def _show_once(self, request, pairs, verb):
+        """The page that shows new keys: rendered straight into this response (never a redirect, a message or a
+        session), with caching off, so the secret exists in exactly one page the admin sees once."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"API key {verb}",
+            "pairs": pairs,
+            "verb": verb,
+            "opts": self.opts,
+            "changelist_url": reverse("admin:proxy_apikey_changelist"),
+        }
+        response = TemplateResponse(request, "admin/proxy/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
     list_display = [
         "queued_at", "endpoint", "model", "host", "outcome", "status", "stream", "cold_start",
-        "ttft_ms_short", "duration_ms_short", "completion_tokens", "tokens_per_s_short", "client",
+        "ttft_ms_short", "duration_ms_short", "completion_tokens", "tokens_per_s_short", "client", "api_key_name",
     ]  # fmt: skip
-    list_filter = ["outcome", "endpoint", "stream", "cold_start", "host"]
-    search_fields = ["request_id", "decision_id", "model", "host", "error", "client"]
+    list_filter = ["outcome", "endpoint", "stream", "cold_start", "host", "api_key_name"]
+    search_fields = ["request_id", "decision_id", "model", "host", "error", "client", "api_key_name"]
     date_hierarchy = "queued_at"
     list_per_page = 100
 

@@ -14,13 +14,14 @@ from proxy.state import admission, stats
 CLOOD_VERSION = "0.1.0"
 
 
-def _served_models(garden, backends=("ollama", "openai")):
-    """normalised name -> [(host, ModelView)] over enabled, online hosts."""
+def _served_models(garden, key, backends=("ollama", "openai")):
+    """normalised name -> [(host, ModelView)] over enabled, online hosts, limited to what `key` may use."""
     models = {}
     for host in garden.hosts:
         if host.is_usable() and host.backend in backends:
             for name, model in host.models.items():
-                models.setdefault(name, []).append((host, model))
+                if key is None or key.allows(name):
+                    models.setdefault(name, []).append((host, model))
     return dict(sorted(models.items()))
 
 
@@ -66,27 +67,27 @@ class CatalogConsumer(ApiConsumer):
         await getattr(self, "answer_" + self.answer.replace(".", "_").replace("-", "_"))(garden)
 
     async def answer_models(self, garden):
-        data = [_openai_model(name, holders) for name, holders in _served_models(garden).items()]
+        data = [_openai_model(name, holders) for name, holders in _served_models(garden, self.key).items()]
         await self.send_json({"object": "list", "data": data})
 
     async def answer_model(self, garden):
         model_id = self.scope["url_route"]["kwargs"]["model_id"]
-        holders = _served_models(garden).get(normalize_model_name(model_id))
+        holders = _served_models(garden, self.key).get(normalize_model_name(model_id))
         if not holders:
             raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         await self.send_json(_openai_model(model_id, holders))
 
     async def answer_ollama_tags(self, garden):
         models = [_ollama_model(holders[0][1], holders[0][0])
-                  for holders in _served_models(garden, ("ollama",)).values()]  # fmt: skip
+                  for holders in _served_models(garden, self.key, ("ollama",)).values()]  # fmt: skip
         await self.send_json({"models": models})
 
     async def answer_ollama_ps(self, garden):
         loaded = []
         for host in garden.hosts:
             if host.is_usable() and host.backend == "ollama":
-                for model in host.models.values():
-                    if model.loaded:
+                for name, model in host.models.items():
+                    if model.loaded and (self.key is None or self.key.allows(name)):
                         extra = {
                             "expires_at": model.loaded_until.isoformat() if model.loaded_until else None,
                             "size_vram": model.size_vram or 0,

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from atc.events import apublish, publish
 from hosts import snapshot
-from proxy import records
+from proxy import keys, records
 from proxy.endpoints import ENDPOINTS, parse, prompt_preview, upstream_body
 from proxy.errors import ApiError, in_band_error
 from proxy.relay import UpstreamError, relay
@@ -44,6 +44,7 @@ class ApiConsumer(AsyncHttpConsumer):
         self.size = 0
         self.worker = None
         self.started = False
+        self.key = None  # the client's KeyView, once authenticated
 
     async def dispatch(self, message):
         # AsyncConsumer.dispatch closes old DB connections around every message (a thread hop each time);
@@ -79,6 +80,7 @@ class ApiConsumer(AsyncHttpConsumer):
 
     async def _run(self, body):
         try:
+            await self.authenticate()
             if self.scope["method"] not in self.methods:
                 raise ApiError(405, f"Method {self.scope['method']} is not allowed here.", code="method_not_allowed")
             await self.serve(body)
@@ -90,10 +92,17 @@ class ApiConsumer(AsyncHttpConsumer):
             log.exception("unexpected error serving %s", self.scope.get("path"))
             await self.send_error(ApiError(500, "clood hit an internal error; it has been logged.", code="internal"))
 
+    async def authenticate(self):
+        """/v1 and /api need a key when any exists (or CLOOD_REQUIRE_API_KEY); /status, /health, /ready never."""
+        if self.scope["path"].startswith(("/v1/", "/api/")):
+            self.key = keys.authenticate(await keys.table(), self.scope)
+
     async def send_error(self, error):
         if self.started:
             return
         status, headers, body = error.render(self.flavour)
+        if status == 401:
+            headers = headers + [(b"www-authenticate", b'Bearer realm="clood"')]
         await self.send_response(status, body, headers=headers + self.extra_headers())
 
     async def send_json(self, obj, status=200):
@@ -126,14 +135,30 @@ class RelayConsumer(ApiConsumer):
             headers.append((b"x-clood-host", self.host_name.encode()))
         return headers
 
-    async def serve(self, body):
+    async def authenticate(self):
         self.queued_at = time.time()
         try:
-            parsed = parse(self.endpoint, body)
+            await super().authenticate()
         except ApiError as error:
             self._record(outcome="rejected", status=error.status, error=error.message)
             raise
-        self.parsed = parsed
+
+    async def serve(self, body):
+        try:
+            self.parsed = parsed = parse(self.endpoint, body)
+            keys.check_model(self.key, parsed.model, parsed.model_key)
+            if self.key is not None:
+                keys.limits.acquire(self.key)
+        except ApiError as error:
+            self._record(outcome="rejected", status=error.status, error=error.message)
+            raise
+        try:
+            await self._route_and_relay(body, parsed)
+        finally:
+            if self.key is not None:
+                keys.limits.release(self.key)
+
+    async def _route_and_relay(self, body, parsed):
         self.prompt = prompt_preview(parsed.payload, settings.CLOOD_EVENT_PROMPT_CHARS)
         garden = await snapshot.ensure_fresh()
         decision = choose_hosts(
@@ -312,6 +337,8 @@ class RelayConsumer(ApiConsumer):
             model=parsed.model if parsed else "",
             host=host,
             client=self._client(),
+            api_key_id=self.key.id if self.key else None,
+            api_key_name=self.key.name if self.key else "",
             stream=parsed.stream if parsed else False,
             status=status,
             outcome=outcome,

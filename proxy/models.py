@@ -1,6 +1,59 @@
-"""What the proxy keeps: one RequestLog row per client request (written in batches, off the hot path)."""
+"""What the proxy keeps: API keys, one RequestLog row per client request (written in batches, off the hot path),
+and catfights."""
+
+import hashlib
+import secrets
 
 from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX = "clood-"
+KEY_PREFIX_SHOWN = 12  # characters of a key kept in clear, to recognise it in lists
+
+
+class ApiKey(models.Model):
+    """A client's key for /v1 and /api. Only its SHA-256 and its first characters are stored: the full key is
+    shown once, when it is made."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="Who or what uses this key, e.g. open-webui.")
+    prefix = models.CharField(max_length=KEY_PREFIX_SHOWN, editable=False, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Models this key may use (empty: every model)."
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Routed requests per minute (empty: no limit)."
+    )
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests at once, queued ones included (empty: no limit)."
+    )
+    enabled = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="After this the key is refused.")
+    notes = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash_key(key):
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def set_key(self, key=None):
+        """Give this key a new secret (a fresh random one unless `key` is given) and return it: the only time
+        the full key is known."""
+        key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+        self.prefix = key[:KEY_PREFIX_SHOWN]
+        self.key_hash = self.hash_key(key)
+        return key
+
+    def is_expired(self, now=None):
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
 
 class RequestLog(models.Model):
@@ -17,6 +70,11 @@ class RequestLog(models.Model):
     model = models.CharField(max_length=255, blank=True, default="", db_index=True)
     host = models.CharField(max_length=64, blank=True, default="", db_index=True)
     client = models.CharField(max_length=128, blank=True, default="")
+    # No database constraint: rows are written in batches and must not fail when a key was deleted meanwhile.
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, db_constraint=False, related_name="requests"
+    )
+    api_key_name = models.CharField(max_length=100, blank=True, default="", db_index=True)
     stream = models.BooleanField(default=False)
     status = models.PositiveSmallIntegerField(default=0)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, db_index=True)

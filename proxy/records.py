@@ -6,7 +6,7 @@ import logging
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from proxy.models import RequestLog
+from proxy.models import ApiKey, RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ async def flush():
 
 def _write(rows):
     RequestLog.objects.bulk_create([RequestLog(**fields) for fields in rows], batch_size=500)
+    last_used = {}
+    for fields in rows:
+        key_id = fields.get("api_key_id")
+        if key_id is not None:
+            last_used[key_id] = max(last_used.get(key_id, fields["finished_at"]), fields["finished_at"])
+    for key_id, when in last_used.items():
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
 
 
 async def _write_forever():

@@ -1,0 +1,173 @@
+"""API keys on the hot path: who is asking (`authenticate`), may they use this model (`check_model`), and are they
+within their limits (`KeyLimits`).
+
+Keys are read from the database into an in-memory table, refreshed every CLOOD_SNAPSHOT_REFRESH seconds like the
+routing snapshot, so a request never waits on a query. A key made or disabled in the admin takes effect within
+that interval. Limits are counted in this process (several processes: issue 7 makes them global).
+"""
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from hosts.names import normalize_model_name
+from proxy.errors import ApiError
+from proxy.models import ApiKey
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60.0  # the requests-per-minute window
+
+
+@dataclass(frozen=True)
+class KeyView:
+    id: int
+    name: str
+    prefix: str
+    allowed_models: frozenset  # normalised names; empty: every model
+    requests_per_minute: int | None
+    max_concurrency: int | None
+    enabled: bool
+    expires_at: datetime | None
+
+    def allows(self, model_key):
+        return not self.allowed_models or model_key in self.allowed_models
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    by_hash: dict
+    loaded_at: float = 0.0
+
+    @property
+    def required(self):
+        return bool(self.by_hash) or settings.CLOOD_REQUIRE_API_KEY
+
+
+_table = KeyTable(by_hash={})
+_refresher = None
+
+
+def load():
+    by_hash = {}
+    for key in ApiKey.objects.all():
+        by_hash[key.key_hash] = KeyView(
+            id=key.pk,
+            name=key.name,
+            prefix=key.prefix,
+            allowed_models=frozenset(normalize_model_name(m) for m in key.allowed_models or ()),
+            requests_per_minute=key.requests_per_minute,
+            max_concurrency=key.max_concurrency,
+            enabled=key.enabled,
+            expires_at=key.expires_at,
+        )
+    return KeyTable(by_hash=by_hash, loaded_at=time.monotonic())
+
+
+async def refresh():
+    global _table
+    _table = await sync_to_async(load, thread_sensitive=False)()
+    return _table
+
+
+async def table():
+    """The key table: loaded on first use, then kept fresh by a background task."""
+    global _refresher
+    if _table.loaded_at == 0.0:
+        await refresh()
+    if _refresher is None or _refresher.done():
+        _refresher = asyncio.get_running_loop().create_task(_refresh_forever(), name="clood-api-keys")
+    return _table
+
+
+async def _refresh_forever():
+    while True:
+        await asyncio.sleep(settings.CLOOD_SNAPSHOT_REFRESH)
+        try:
+            await refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not refresh the API keys; keeping the previous ones")
+
+
+def bearer_token(scope):
+    """The token of an `Authorization: Bearer …` header, or None."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def authenticate(keys, scope):
+    """The KeyView of the request's key; None when keys are not required and none (or an unknown one) was sent.
+    Raises ApiError(401) when a key is required and missing, unknown, disabled or expired. Messages never repeat
+    what the client sent."""
+    token = bearer_token(scope)
+    key = keys.by_hash.get(hashlib.sha256(token.encode()).hexdigest()) if token else None
+    if not keys.required:
+        return key if key is not None and _usable(key) else None
+    if token is None:
+        raise ApiError(401, "This clood needs an API key: send it as 'Authorization: Bearer <key>'.",
+                       code="missing_api_key")  # fmt: skip
+    if key is None:
+        raise ApiError(401, "The API key is not valid.", code="invalid_api_key")
+    if not key.enabled:
+        raise ApiError(401, f"The API key '{key.name}' is disabled.", code="invalid_api_key")
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        raise ApiError(401, f"The API key '{key.name}' has expired.", code="expired_api_key")
+    return key
+
+
+def _usable(key):
+    return key.enabled and (key.expires_at is None or key.expires_at > timezone.now())
+
+
+def check_model(key, model, model_key):
+    if key is not None and not key.allows(model_key):
+        raise ApiError(403, f"The API key '{key.name}' may not use the model '{model}'.", param="model",
+                       code="model_not_allowed")  # fmt: skip
+
+
+class KeyLimits:
+    """Requests per minute (a sliding window) and requests at once, per key, in this process."""
+
+    def __init__(self):
+        self.recent = {}  # key id -> deque of monotonic start times within the window
+        self.active = {}  # key id -> requests now running or queued
+
+    def acquire(self, key, now=None):
+        """Count one request against `key`; raises ApiError(429) when it is over a limit. Pair with release()."""
+        now = time.monotonic() if now is None else now
+        if key.max_concurrency is not None and self.active.get(key.id, 0) >= key.max_concurrency:
+            raise ApiError(429, f"The API key '{key.name}' already has {key.max_concurrency} requests running.",
+                           code="concurrency_limit_exceeded", retry_after=1)  # fmt: skip
+        if key.requests_per_minute is not None:
+            times = self.recent.setdefault(key.id, deque())
+            while times and times[0] <= now - WINDOW_S:
+                times.popleft()
+            if len(times) >= key.requests_per_minute:
+                wait = max(1, int(times[0] + WINDOW_S - now) + 1)
+                raise ApiError(429, f"The API key '{key.name}' is over its limit of {key.requests_per_minute} "
+                               "requests per minute.", code="rate_limit_exceeded", retry_after=wait)  # fmt: skip
+            times.append(now)
+        self.active[key.id] = self.active.get(key.id, 0) + 1
+
+    def release(self, key):
+        left = self.active.get(key.id, 0) - 1
+        if left > 0:
+            self.active[key.id] = left
+        else:
+            self.active.pop(key.id, None)
+
+
+limits = KeyLimits()
