@@ -60,6 +60,11 @@ application = ProtocolTypeRouter(
     }
 )
 
+if settings.CLOOD_TRIPWIRES:  # the test suite's search for leaked secrets (clood_site/tripwire.py)
+    from clood_site.tripwire import TripwireASGI, from_settings  # noqa: E402
+
+    application = TripwireASGI(application, from_settings())
+
 _reactor = sys.modules.get("twisted.internet.reactor")
 if _reactor is not None:
     # Startup triggers fire before the asyncio loop runs; callLater runs inside it.

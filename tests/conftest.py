@@ -1,17 +1,66 @@
 """Shared fixtures: simulated LLM hosts on free loopback ports, and a real clood server process."""
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import canaries
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every clood of this run (the in-process settings and each server process, which inherit the environment) searches
+# its output for the canary secrets and reports hits here; the session fails if there is any (see the hooks below).
+TRIPWIRE_REPORT = Path(tempfile.gettempdir()) / f"clood-tripwire-{os.getpid()}.txt"
+TRIPWIRE_REPORT.unlink(missing_ok=True)
+os.environ["CLOOD_TRIPWIRES"] = ",".join(canaries.ALL)
+os.environ["CLOOD_TRIPWIRE_REPORT"] = str(TRIPWIRE_REPORT)
+
+
+def _install_tripwire_in_process():
+    """pytest-django has set Django up before this file is read, so this process's own settings, middleware and
+    log handlers get the tripwire here (server processes read it from the environment above)."""
+    from django.conf import settings
+
+    from clood_site.tripwire import TripwireLogFilter
+
+    settings.CLOOD_TRIPWIRES = list(canaries.ALL)
+    settings.CLOOD_TRIPWIRE_REPORT = str(TRIPWIRE_REPORT)
+    if "clood_site.tripwire.TripwireMiddleware" not in settings.MIDDLEWARE:
+        settings.MIDDLEWARE = ["clood_site.tripwire.TripwireMiddleware", *settings.MIDDLEWARE]
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TripwireLogFilter())
+
+
+_install_tripwire_in_process()
+
+
+def tripwire_hits():
+    return TRIPWIRE_REPORT.read_text().splitlines() if TRIPWIRE_REPORT.exists() else []
+
+
+def pytest_sessionfinish(session):
+    if tripwire_hits() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    hits = tripwire_hits()
+    if hits:
+        terminalreporter.section("SECRETS LEAKED: canary values found in clood's output", red=True)
+        for hit in hits:
+            terminalreporter.line(hit)
+    else:
+        terminalreporter.line(f"tripwire: {len(canaries.ALL)} canary secrets watched in every response, websocket "
+                              "message and log line: none seen")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -63,7 +112,7 @@ class CloodProcess:
         self.env = {
             **os.environ,
             "CLOOD_VAR_DIR": str(self.var_dir),
-            "CLOOD_ADMIN_PASSWORD": "test-admin-pw-0123",
+            "CLOOD_ADMIN_PASSWORD": canaries.ADMIN_PASSWORD,
             "CLOOD_MONITOR_INTERVAL": "0.5",
             "CLOOD_DEFAULT_HOSTS": "",
             "PYTHONUNBUFFERED": "1",
@@ -100,9 +149,20 @@ class CloodProcess:
                 self.process.wait()
         if self.process:
             self.log.close()
+            scan_log_for_canaries(self.log_path)
 
     def output(self):
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def scan_log_for_canaries(path, report=TRIPWIRE_REPORT):
+    """The server's whole output (its logs, daphne's, tracebacks) searched once more for the canaries."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    found = [i for i, canary in enumerate(canaries.ALL) if canary in text]
+    hits = [f"canary #{i} in the output of the clood in {path.parent}\n" for i in found]
+    if hits:
+        with open(report, "a") as out:
+            out.writelines(hits)
 
 
 def _answers(url):
