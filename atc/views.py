@@ -5,6 +5,7 @@ from functools import wraps
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
 
 
 def viewer_required(view):
@@ -26,5 +27,6 @@ def dashboard(request):
 
 
 @staff_member_required
+@ensure_csrf_cookie  # the page's script repeats it in X-CSRFToken to use /v1 (proxy/keys.py staff_session)
 def chat(request):
     return render(request, "atc/chat.html")

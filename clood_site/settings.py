@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "clood_site.security.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -103,11 +104,21 @@ STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "admin:login"
 
+# Production settings are the default (DEBUG off). CLOOD_HTTPS=true when clood is served over HTTPS (usually by a
+# reverse proxy that sets X-Forwarded-Proto): cookies are then sent over HTTPS only, and browsers are told to stay
+# on HTTPS (HSTS).
+CLOOD_HTTPS = env.bool("CLOOD_HTTPS", default=False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env.bool("CLOOD_HTTPS", default=False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env.int("CLOOD_SESSION_HOURS", default=12) * 3600
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = CLOOD_HTTPS
+if CLOOD_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("CLOOD_HSTS_SECONDS", default=31536000)
 
 # Canary values that must never appear in output (set by the test suite; see clood_site/tripwire.py).
 CLOOD_TRIPWIRES = env.list("CLOOD_TRIPWIRES", default=[])
@@ -160,6 +171,7 @@ CLOOD_ROUTING_STRATEGY = env.str("CLOOD_ROUTING_STRATEGY", default="smart")
 CLOOD_QUEUE_MAX = env.int("CLOOD_QUEUE_MAX", default=200)  # waiting requests beyond this get 429
 CLOOD_QUEUE_TIMEOUT = env.float("CLOOD_QUEUE_TIMEOUT", default=60.0)  # longest wait for a slot (s), then 429
 CLOOD_MAX_BODY_BYTES = env.int("CLOOD_MAX_BODY_BYTES", default=32 * 1024 * 1024)  # larger bodies get 413
+CLOOD_BODY_TIMEOUT = env.float("CLOOD_BODY_TIMEOUT", default=30.0)  # the whole body must arrive within (s), else 408
 CLOOD_CONNECT_TIMEOUT = env.float("CLOOD_CONNECT_TIMEOUT", default=3.0)
 CLOOD_FIRST_BYTE_TIMEOUT = env.float("CLOOD_FIRST_BYTE_TIMEOUT", default=120.0)  # model already loaded
 CLOOD_COLD_START_TIMEOUT = env.float("CLOOD_COLD_START_TIMEOUT", default=600.0)  # model has to be loaded first
@@ -175,3 +187,8 @@ CLOOD_REQUIRE_API_KEY = env.bool("CLOOD_REQUIRE_API_KEY", default=False)
 # ATC: pages and websocket need a staff login unless this is on (a read-only wall screen anyone can open).
 CLOOD_ATC_PUBLIC = env.bool("CLOOD_ATC_PUBLIC", default=False)
 CLOOD_ATC_RECENT_EVENTS = env.int("CLOOD_ATC_RECENT_EVENTS", default=5000)  # kept for snapshots and resumes
+
+# Broken hosts (proxy/relay.py): CLOOD_IDLE_TIMEOUT above also bounds the wait for each complete line of an answer
+# (or 64 KiB of a long one), so a host that drips bytes without finishing a line is cut off like a silent one.
+# GET /_clood/internals answers counts of tasks, upstream connections, slots and flights (tests, debugging leaks).
+CLOOD_EXPOSE_INTERNALS = env.bool("CLOOD_EXPOSE_INTERNALS", default=False)

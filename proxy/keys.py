@@ -1,4 +1,4 @@
-"""API keys on the hot path: who is asking (`authenticate`), may they use this model (`check_model`), and are they
+"""API keys on the hot path: who is asking (`identify`), may they use this model (`check_model`), and are they
 within their limits (`KeyLimits`).
 
 Keys are read from the database into an in-memory table, refreshed every CLOOD_SNAPSHOT_REFRESH seconds like the
@@ -13,10 +13,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import import_module
 
 from asgiref.sync import sync_to_async
+from channels.auth import get_user
 from django.conf import settings
+from django.http.cookie import parse_cookie
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from hosts.names import normalize_model_name
 from proxy.errors import ApiError
@@ -97,6 +101,36 @@ async def _refresh_forever():
             raise
         except Exception:
             log.exception("could not refresh the API keys; keeping the previous ones")
+
+
+async def identify(scope):
+    """Who is asking: (KeyView or None, staff user or None). A request without a key is also let in, when keys are
+    required, if it comes from one of clood's own pages with a staff login (see `staff_session`). Raises
+    ApiError(401) otherwise."""
+    keys = await table()
+    try:
+        return authenticate(keys, scope), None
+    except ApiError as refused:
+        if refused.code == "missing_api_key":
+            user = await staff_session(scope)
+            if user is not None:
+                return None, user
+        raise
+
+
+async def staff_session(scope):
+    """The active staff user of the session cookie, when the request repeats the CSRF cookie in an X-CSRFToken
+    header (clood's pages do; another site's page can make the browser send the cookies but cannot read them to
+    repeat one), else None."""
+    headers = dict(scope.get("headers", ()))
+    cookies = parse_cookie(headers.get(b"cookie", b"").decode("latin-1"))
+    session_key = cookies.get(settings.SESSION_COOKIE_NAME)
+    csrf_cookie = cookies.get(settings.CSRF_COOKIE_NAME, "")
+    token = headers.get(b"x-csrftoken", b"").decode("latin-1")
+    if not (session_key and csrf_cookie and token and constant_time_compare(token, csrf_cookie)):
+        return None
+    user = await get_user({"session": import_module(settings.SESSION_ENGINE).SessionStore(session_key)})
+    return user if user.is_active and user.is_staff else None
 
 
 def bearer_token(scope):

@@ -1,6 +1,7 @@
 """The catfight JSON API (docs/catfight-api.md). Plain async Django views: catfights are not the hot path."""
 
 import json
+from functools import wraps
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, JsonResponse
@@ -8,7 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from hosts import snapshot
 from proxy import catfight as catfights
-from proxy import catfight_report
+from proxy import catfight_report, keys
 from proxy.errors import ApiError
 from proxy.models import Catfight, ChallengeSet
 
@@ -20,12 +21,32 @@ def _error(error):
     return response
 
 
+def key_or_staff(view):
+    """The same access as /v1: once keys exist, a valid key, or a staff login from one of clood's own pages."""
+
+    @wraps(view)
+    async def checked(request, *args, **kwargs):
+        scope = getattr(request, "scope", None) or {
+            "headers": [(name.lower().encode(), value.encode()) for name, value in request.headers.items()]
+        }
+        try:
+            await keys.identify(scope)
+        except ApiError as error:
+            response = _error(error)
+            response["WWW-Authenticate"] = 'Bearer realm="clood"'
+            return response
+        return await view(request, *args, **kwargs)
+
+    return checked
+
+
 def _method(request, *allowed):
     if request.method not in allowed:
         raise ApiError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
 
 
-@csrf_exempt
+@csrf_exempt  # keys, or the X-CSRFToken check of keys.staff_session, instead of Django's form CSRF
+@key_or_staff
 async def catfight_list(request):
     try:
         _method(request, "GET", "POST")
@@ -78,6 +99,7 @@ def _detail(catfight_id):
     return catfight_report.catfight_as_dict(catfight, list(catfight.entries.all()))
 
 
+@key_or_staff
 async def catfight_detail(request, catfight_id):
     try:
         _method(request, "GET")
@@ -86,6 +108,7 @@ async def catfight_detail(request, catfight_id):
         return _error(error)
 
 
+@key_or_staff
 async def catfight_export(request, catfight_id, fmt):
     try:
         _method(request, "GET")
@@ -102,6 +125,7 @@ async def catfight_export(request, catfight_id, fmt):
     return response
 
 
+@key_or_staff
 async def leaderboard(request):
     try:
         _method(request, "GET")
@@ -110,6 +134,7 @@ async def leaderboard(request):
         return _error(error)
 
 
+@key_or_staff
 async def challenge_sets(request):
     try:
         _method(request, "GET")

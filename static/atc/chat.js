@@ -2,6 +2,8 @@
 // where each message was routed (response headers, TTFT and speed measured here, cold/warm from the ATC websocket).
 // Everything from the network is put into the page with textContent.
 
+import { csrfHeaders } from "./csrf.js";
+
 const MODEL_KEY = "clood.chat.model";
 const KEPT_STARTS = 200; // request_started events remembered while waiting for their response headers
 
@@ -31,7 +33,7 @@ class ChatError extends Error {
 async function loadModels() {
   let body;
   try {
-    const response = await fetch("/v1/models", { headers: { accept: "application/json" } });
+    const response = await fetch("/v1/models", { headers: { accept: "application/json", ...csrfHeaders() } });
     if (!response.ok) throw new ChatError(await errorMessage(response));
     body = await response.json();
   } catch (error) {
@@ -112,7 +114,7 @@ async function send(text) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "text/event-stream" },
+      headers: { "content-type": "application/json", accept: "text/event-stream", ...csrfHeaders() },
       body: JSON.stringify({ model, messages: thread, stream: true, stream_options: { include_usage: true } }),
       signal: controller.signal,
     });

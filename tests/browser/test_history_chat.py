@@ -84,6 +84,23 @@ def test_chat_streams_a_reply_and_logs_where_it_went(page, browser_garden):
     assert len(row.get_attribute("data-request-id")) == 16
 
 
+def test_chat_works_with_the_staff_session_when_api_keys_are_required(page, browser_garden):
+    browser_garden.manage("apikeys", "create", "someone-else")
+    try:
+        chat = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+        wait_until(lambda: httpx.post(browser_garden.url + "/v1/chat/completions", json=chat).status_code == 401,
+                   what="keys to be required")  # fmt: skip
+        open_chat(page, browser_garden)
+        say(page, "Still there?", "llama3.2:1b")
+        reply = page.locator("#messages .msg.assistant").last
+        expect(reply).to_have_attribute("data-state", "done", timeout=TIMEOUT)
+        expect(reply.locator(".text")).to_contain_text("quick brown fox")
+    finally:
+        browser_garden.manage("apikeys", "remove", "someone-else")
+        wait_until(lambda: httpx.post(browser_garden.url + "/v1/chat/completions", json=chat).status_code == 200,
+                   what="the garden to be open again")  # fmt: skip
+
+
 def sent_messages(page, text, model="llama3.2:1b"):
     """Say `text` and return the messages the page sent with it, once the reply is complete."""
     with page.expect_request(lambda request: request.url.endswith("/v1/chat/completions")) as request_info:

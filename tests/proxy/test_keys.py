@@ -14,6 +14,7 @@ from proxy.errors import ApiError
 from proxy.keys import KeyLimits, KeyView
 from tests.canaries import CLIENT_KEY, WRONG_CLIENT_KEY
 from tests.conftest import wait_until
+from tests.test_server import log_in
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -222,3 +223,26 @@ def test_expiry_in_the_past_is_expired():
 
     assert ApiKey(expires_at=timezone.now() - timedelta(seconds=1)).is_expired()
     assert not ApiKey(expires_at=None).is_expired()
+
+
+def test_clood_pages_use_the_staff_session_with_the_csrf_header(garden):
+    make_key(garden, "exists", secret=CLIENT_KEY + "-3")
+    wait_until(lambda: chat(garden).status_code == 401, what="keys to be required")
+    browser = log_in(garden.url)  # session and CSRF cookies, as a logged-in page has them
+    token = browser.cookies["csrftoken"]
+    assert browser.post("/v1/chat/completions", json=CHAT).status_code == 401  # cookies alone: another site could
+    assert browser.post("/v1/chat/completions", json=CHAT, headers={"x-csrftoken": "x" * 32}).status_code == 401
+    served = browser.post("/v1/chat/completions", json=CHAT, headers={"x-csrftoken": token})
+    assert served.status_code == 200
+    assert garden.log_for(served.headers["x-clood-request-id"])["api_key_name"] == "staff:admin"
+    assert browser.get("/catfights", headers={"x-csrftoken": token}).status_code == 200
+
+
+def test_catfight_api_needs_a_key_too(garden):
+    make_key(garden, "catfighter", secret=CLIENT_KEY + "-4")
+    wait_until(lambda: chat(garden).status_code == 401, what="keys to be required")
+    refused = httpx.get(garden.url + "/catfights")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+    assert httpx.post(garden.url + "/catfights", json={"prompt": "x", "models": ["llama3.2:1b"]}).status_code == 401
+    headers = {"authorization": f"Bearer {CLIENT_KEY}-4"}
+    assert httpx.get(garden.url + "/catfights", headers=headers).json()["catfights"] == []

@@ -1,6 +1,8 @@
 // The catfight JSON API (docs/catfight-api.md) as the pages use it, and the few DOM and number helpers they share.
 // Everything from the network goes into the page with textContent.
 
+import { csrfHeaders } from "../csrf.js";
+
 export class ApiError extends Error {
   constructor(message, status = null) {
     super(message);
@@ -11,7 +13,8 @@ export class ApiError extends Error {
 async function call(url, options = {}) {
   let response;
   try {
-    response = await fetch(url, { ...options, headers: { accept: "application/json", ...options.headers } });
+    const headers = { accept: "application/json", ...csrfHeaders(), ...options.headers };
+    response = await fetch(url, { ...options, headers });
   } catch (error) {
     throw new ApiError(`Could not reach clood: ${error.message}`);
   }
