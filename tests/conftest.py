@@ -115,6 +115,7 @@ class CloodProcess:
             "CLOOD_ADMIN_PASSWORD": canaries.ADMIN_PASSWORD,
             "CLOOD_MONITOR_INTERVAL": "0.5",
             "CLOOD_DEFAULT_HOSTS": "",
+            "CLOOD_TEST_HOST_KEY": canaries.HOST_KEY,  # for `hosts add … --api-key-env CLOOD_TEST_HOST_KEY`
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

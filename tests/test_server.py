@@ -7,10 +7,11 @@ import sys
 
 import httpx
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests import canaries
+from tests.conftest import ROOT, TRIPWIRE_REPORT, free_port, wait_until
 
 
-def log_in(base_url, username="admin", password="test-admin-pw-0123"):
+def log_in(base_url, username="admin", password=canaries.ADMIN_PASSWORD):
     client = httpx.Client(base_url=base_url, timeout=10)
     page = client.get("/admin/login/")
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
@@ -32,9 +33,11 @@ def test_run_command_starts_a_working_clood(tmp_path, sim_host):
     env = {
         "CLOOD_VAR_DIR": str(tmp_path / "var"),
         "CLOOD_PORT": str(port),
-        "CLOOD_ADMIN_PASSWORD": "test-admin-pw-0123",
+        "CLOOD_ADMIN_PASSWORD": canaries.ADMIN_PASSWORD,
         "CLOOD_DEFAULT_HOSTS": f"sim={sim.url}",
         "CLOOD_MONITOR_INTERVAL": "0.5",
+        "CLOOD_TRIPWIRES": ",".join(canaries.ALL),
+        "CLOOD_TRIPWIRE_REPORT": str(TRIPWIRE_REPORT),
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
     }
@@ -47,6 +50,7 @@ def test_run_command_starts_a_working_clood(tmp_path, sim_host):
         for line in [f"{base}/admin/", f"{base}/atc/", f"{base}/v1"]:
             assert line in output
         assert "registered default host sim" in output
+        assert listening_addresses(port) == {"127.0.0.1"}  # nothing else on the network can reach it by default
 
         admin = log_in(base)
         wait_until(lambda: ">online<" in admin.get("/admin/hosts/host/").text, what="the default host to go online")
@@ -88,6 +92,25 @@ def test_monitor_can_be_turned_off_and_run_alone(clood_server, sim_host):
     assert hosts_json(server)["box"]["online"] is None
     assert "box: online" in server.manage("monitor", "--once").stdout
     assert hosts_json(server)["box"]["online"] is True
+
+
+def listening_addresses(port):
+    """The local addresses with a socket listening on `port` (Linux's /proc/net/tcp and tcp6)."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                addresses.add(_ip(address))
+    return addresses
+
+
+def _ip(hex_address):
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in reversed(raw))
+    return raw.hex()  # IPv6, left raw: anything here means more than 127.0.0.1
 
 
 def _get(url):

@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from hosts.simulator import SimModel
+from tests import canaries
 from tests.conftest import ROOT, CloodProcess, wait_until
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -17,7 +18,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-ADMIN_PASSWORD = "test-admin-pw-0123"  # what CloodProcess sets
+ADMIN_PASSWORD = canaries.ADMIN_PASSWORD  # what CloodProcess sets
 
 
 @pytest.fixture(scope="module")  # not session: Playwright's sync API holds an event loop while it is open
@@ -49,8 +50,9 @@ def browser_garden(tmp_path_factory):
         env={"CLOOD_MONITOR_INTERVAL": "1", "CLOOD_SNAPSHOT_REFRESH": "0.3", "CLOOD_LOG_FLUSH_INTERVAL": "0.3"},
     )
     server.start()
-    server.manage("hosts", "add", "alpha", sims["alpha"].url, "--priority", "1")
-    server.manage("hosts", "add", "beta", sims["beta"].url, "--priority", "2")
+    keyed = ("--api-key-env", "CLOOD_TEST_HOST_KEY")  # a canary: the pages must never show it (tests/canaries.py)
+    server.manage("hosts", "add", "alpha", sims["alpha"].url, "--priority", "1", *keyed)
+    server.manage("hosts", "add", "beta", sims["beta"].url, "--priority", "2", *keyed)
     server.manage("hosts", "refresh")
     server.sims = sims
     yield server

@@ -35,7 +35,11 @@ class Garden:
         self.sims = {}
 
     def add(self, name, sim, *args):
+        """Register `sim`; with the canary host key unless `args` give another, so that every proxy test checks the
+        host's key never reaches a client (simulated Ollama hosts ignore keys)."""
         self.sims[name] = sim
+        if "--api-key-env" not in args:
+            args = (*args, "--api-key-env", "CLOOD_TEST_HOST_KEY")
         self.server.manage("hosts", "add", name, sim.url, *args)
 
     def refresh(self):
