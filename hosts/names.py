@@ -14,7 +14,7 @@ DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255
 
 # Letters, digits and the punctuation Ollama, Hugging Face and OpenAI-style servers use in model names.
-_VALID_NAME = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+_VALID_NAME = re.compile(r"[A-Za-z0-9_./:@+-]+")
 
 
 def normalize_model_name(name):
@@ -42,7 +42,7 @@ def model_name_problem(name):
         return "model name is empty"
     if len(name) > MAX_NAME_LENGTH:
         return f"model name is longer than {MAX_NAME_LENGTH} characters"
-    if not _VALID_NAME.match(name):
+    if not _VALID_NAME.fullmatch(name):
         return "model name may only contain letters, digits and . _ - : / @ +"
     if ".." in name or "//" in name:
         return "model name may not contain '..' or '//'"

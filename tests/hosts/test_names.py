@@ -58,7 +58,22 @@ def test_valid_model_names(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["", "   ", "../etc/passwd", "a/../b", "%2e%2e/x", "llama 3", "llаma3", "x\x00y", "a" * 300, 42, None]
+    "name",
+    [
+        "",
+        "   ",
+        "../etc/passwd",
+        "a/../b",
+        "%2e%2e/x",
+        "llama 3",
+        "llаma3",
+        "x\x00y",
+        "a" * 300,
+        "llama3.2:1b\n",
+        "x\r\nX-Injected: 1",
+        42,
+        None,
+    ],
 )
 def test_invalid_model_names(name):
     assert model_name_problem(name)
