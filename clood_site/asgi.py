@@ -10,6 +10,7 @@ lifespan (uvicorn, hypercorn) start it on `lifespan.startup`.
 
 import os
 import sys
+from asyncio import ensure_future
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clood_site.settings")
 
@@ -29,6 +30,8 @@ from atc.live import start_ticker  # noqa: E402
 from atc.routing import websocket_urlpatterns  # noqa: E402
 from hosts import snapshot  # noqa: E402
 from hosts.monitor import start_in_background as start_monitor  # noqa: E402
+from proxy import records  # noqa: E402
+from proxy.relay import close_session  # noqa: E402
 from proxy.urls import urlpatterns as api_routes  # noqa: E402
 
 
@@ -41,6 +44,13 @@ def start_background():
     publish("proxy_started", pid=os.getpid(), monitor=settings.CLOOD_RUN_MONITOR)
 
 
+async def stop_background():
+    """Before the process exits: write the request log rows still waiting for their batch, close upstream
+    connections."""
+    await records.flush()
+    await close_session()
+
+
 async def lifespan(scope, receive, send):
     while True:
         message = await receive()
@@ -48,6 +58,7 @@ async def lifespan(scope, receive, send):
             start_background()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await stop_background()
             await send({"type": "lifespan.shutdown.complete"})
             return
 
@@ -67,5 +78,9 @@ if settings.CLOOD_TRIPWIRES:  # the test suite's search for leaked secrets (cloo
 
 _reactor = sys.modules.get("twisted.internet.reactor")
 if _reactor is not None:
-    # Startup triggers fire before the asyncio loop runs; callLater runs inside it.
+    # Startup triggers fire before the asyncio loop runs; callLater runs inside it. On SIGTERM / Ctrl-C the reactor
+    # waits for the Deferred of a "before shutdown" trigger.
+    from twisted.internet.defer import Deferred  # noqa: E402
+
     _reactor.callWhenRunning(_reactor.callLater, 0, start_background)
+    _reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromFuture(ensure_future(stop_background())))

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -118,3 +119,18 @@ def _get(url):
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return None
+
+
+def test_stopping_writes_the_pending_log_rows_and_closes_upstream_connections(clood_server, sim_host):
+    sim = sim_host(models=["a:1b"])
+    server = clood_server(env={"CLOOD_DEFAULT_HOSTS": f"box={sim.url}", "CLOOD_LOG_FLUSH_INTERVAL": "3600"})
+    wait_until(lambda: httpx.get(server.url + "/v1/models").json()["data"], what="the host's model")
+    chat = {"model": "a:1b", "messages": [{"role": "user", "content": "hi"}]}
+    sent = {httpx.post(server.url + "/v1/chat/completions", json=chat).headers["x-clood-request-id"] for _ in range(5)}
+
+    server.stop()  # SIGTERM, long before the hourly batch would have written them
+
+    with sqlite3.connect(server.var_dir / "clood.sqlite3") as db:
+        rows = {row[0] for row in db.execute("select request_id from proxy_requestlog")}
+    assert rows == sent
+    assert "Unclosed" not in server.output()
