@@ -20,12 +20,15 @@ from aiohttp import web
 from hosts.simulator_ollama import add_ollama_routes
 from hosts.simulator_openai import add_openai_routes
 from hosts.simulator_requests import (
+    BAD_UTF8,
     BUSY_MESSAGE,
     EMBEDDING_DIMENSION,
     FAIL_MODES,
     GENERATION_PATHS,
     HOST,
     HUGE_BODY_BYTES,
+    HUGE_LINE_BYTES,
+    WRONG_MODEL,
     embedding_vector,
     reply_text,
     simulate,
@@ -34,11 +37,14 @@ from hosts.simulator_requests import (
 
 # Re-exported for code that imports them from here.
 __all__ = [
+    "BAD_UTF8",
     "BUSY_MESSAGE",
     "EMBEDDING_DIMENSION",
     "FAIL_MODES",
     "GENERATION_PATHS",
     "HUGE_BODY_BYTES",
+    "HUGE_LINE_BYTES",
+    "WRONG_MODEL",
     "SimConfig",
     "SimModel",
     "SimulatedHost",
@@ -87,7 +93,8 @@ class SimConfig:
     ollama_api: bool = True  # False = an OpenAI-only server (llama.cpp, vLLM): /api/* is 404
     fail: str | None = None  # one of FAIL_MODES
     fail_status: int = 500
-    fail_after_tokens: int = 3
+    fail_after_tokens: int = 3  # good tokens before a failure inside the answer (drop, drip, huge-line, bad-utf8)
+    drip_rate: float = 1.0  # bytes a second in the `drip` failure
     fail_paths: list[str] | None = None  # path prefixes the failure applies to; None = every path
     fail_rate: float = 1.0  # the share of matching requests that fail (0.05 = one in twenty, at random)
 
@@ -107,6 +114,9 @@ class SimConfig:
         rate = self.fail_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ValueError(f"fail_rate must be a number from 0 to 1, not {rate!r}")
+        rate = self.drip_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            raise ValueError(f"drip_rate must be a number > 0, not {rate!r}")
         if not isinstance(self.fail_status, int) or not 100 <= self.fail_status <= 599:
             raise ValueError(f"fail_status must be an HTTP status, not {self.fail_status!r}")
 

@@ -13,6 +13,7 @@ from hosts.simulator_requests import (
     WORDS,
     Generation,
     Refused,
+    answered_model,
     chosen_tool,
     count_words,
     embedding_vector,
@@ -156,7 +157,7 @@ async def _ollama_reply(request, body, model, prompt_tokens, piece, empty=False,
     An empty prompt only loads (or, with keep_alive 0, unloads) the model, as Ollama does.
     """
     host = request.app[HOST]
-    head = {"model": body["model"], "created_at": rfc3339(datetime.now(UTC))}
+    head = {"model": answered_model(request, body), "created_at": rfc3339(datetime.now(UTC))}
     if empty:
         keep_alive = keep_alive_seconds(body.get("keep_alive"))
         if keep_alive == 0:
@@ -183,7 +184,7 @@ async def _ollama_reply(request, body, model, prompt_tokens, piece, empty=False,
         if stream:
             await gen.send(_ndjson({**head, **piece(""), **summary}))
         else:
-            gen.response = web.json_response({**head, **(tool_call or piece(reply_text(count))), **summary})
+            await gen.answer(web.json_response({**head, **(tool_call or piece(reply_text(count))), **summary}))
     return gen.response
 
 

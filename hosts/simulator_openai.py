@@ -15,6 +15,7 @@ from hosts.simulator_requests import (
     WORDS,
     Generation,
     Refused,
+    answered_model,
     chosen_tool,
     count_words,
     embedding_vector,
@@ -89,7 +90,7 @@ async def chat_completions(request):
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion.chunk" if stream else "chat.completion",
         "created": int(time.time()),
-        "model": body["model"],
+        "model": answered_model(request, body),
         "system_fingerprint": "fp_simulated",
     }
     if tool:
@@ -119,7 +120,7 @@ async def chat_completions(request):
             else:
                 message = {"role": "assistant", "content": reply_text(count)}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-            gen.response = web.json_response({**head, "choices": [choice], "usage": usage})
+            await gen.answer(web.json_response({**head, "choices": [choice], "usage": usage}))
     return gen.response
 
 
@@ -139,7 +140,7 @@ async def completions(request):
         "id": f"cmpl-{uuid.uuid4().hex[:24]}",
         "object": "text_completion",
         "created": int(time.time()),
-        "model": body["model"],
+        "model": answered_model(request, body),
         "system_fingerprint": "fp_simulated",
     }
     finish = "length" if limited else "stop"
@@ -154,7 +155,7 @@ async def completions(request):
             await gen.send(DONE)
         else:
             choices = [_text_choice(reply_text(count), finish)]
-            gen.response = web.json_response({**head, "choices": choices, "usage": usage})
+            await gen.answer(web.json_response({**head, "choices": choices, "usage": usage}))
     return gen.response
 
 

@@ -1,7 +1,8 @@
 """Request plumbing shared by the simulated host's Ollama and OpenAI routes.
 
 The middleware that counts each request and plays the configured failure (`SimConfig.fail`), the `Generation` that
-paces a model's tokens, and the helpers that read a request's body and model. `hosts.simulator` builds on this module.
+paces a model's tokens (and plays the failures that happen inside an answer), and the helpers that read a request's
+body and model. `hosts.simulator` builds on this module.
 """
 
 import asyncio
@@ -10,6 +11,7 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -17,8 +19,13 @@ from aiohttp import web
 WORDS = ("The ", "quick ", "brown ", "fox ", "jumps ", "over ", "the ", "lazy ", "dog. ")
 EMBEDDING_DIMENSION = 8
 HUGE_BODY_BYTES = 50 * 1024 * 1024
-FAIL_MODES = ("error", "hang", "drop", "garbage", "html", "wrong-shape", "huge")
+HUGE_LINE_BYTES = 100 * 1024 * 1024
+# Failures that happen inside a generation's answer; on other paths the host answers normally (`drop` hangs up).
+ANSWER_FAULTS = ("drop", "drip", "huge-line", "bad-utf8", "wrong-model")
+FAIL_MODES = ("error", "hang", "garbage", "html", "wrong-shape", "huge", *ANSWER_FAULTS)
 GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions")
+WRONG_MODEL = "impostor:7b"  # the model a `wrong-model` answer names
+BAD_UTF8 = b"\xff\xfe"  # never valid in UTF-8
 DEFAULT_KEEP_ALIVE = 300.0
 MODIFIED_AT = datetime(2025, 1, 1, tzinfo=UTC)
 # Ollama's own words, so clients can tell "busy" from "broken".
@@ -40,7 +47,22 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 HOST = web.AppKey("host", object)
 BODY = web.RequestKey("body", object)  # the parsed JSON body
 BODY_ERROR = web.RequestKey("body_error", str)  # why the body is not JSON
-DROP_AFTER = web.RequestKey("drop_after", int)  # the `drop` failure: tokens sent before hanging up
+FAULT = web.RequestKey("fault", object)  # the Fault a generation plays in its answer
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A failure inside a generation's answer, fixed when the request arrives (the config may change meanwhile).
+
+    After `after_tokens` good tokens: `drop` hangs up; `drip` sends the rest one byte at a time, `drip_rate` bytes a
+    second (from the very start, headers aside, when `after_tokens` is 0); `huge-line` puts HUGE_LINE_BYTES of "x" in
+    the next token's text (one ~100 MB line, then the normal end); `bad-utf8` puts BAD_UTF8 in it. `wrong-model`
+    names WRONG_MODEL as the answer's model. A single (non-streamed) answer drips, grows or breaks as a whole.
+    """
+
+    mode: str
+    after_tokens: int
+    drip_rate: float
 
 
 class Refused(Exception):
@@ -74,9 +96,9 @@ async def _answer(request, handler, host):
     if not config.ollama_api and (path == "/" or path.startswith("/api/")):
         return web.json_response({"detail": "Not Found"}, status=404)
     if config.fails(path):
-        if config.fail == "drop" and path in GENERATION_PATHS:
-            request[DROP_AFTER] = config.fail_after_tokens  # the generation drops mid-answer
-        else:
+        if config.fail in ANSWER_FAULTS and path in GENERATION_PATHS:
+            request[FAULT] = Fault(config.fail, config.fail_after_tokens, config.drip_rate)  # played by Generation
+        elif config.fail not in ANSWER_FAULTS or config.fail == "drop":
             return await play_failure(request, config)
     if config.api_key and path.startswith("/v1/"):
         if request.headers.get("Authorization") != f"Bearer {config.api_key}":
@@ -167,6 +189,12 @@ def json_object(request):
     return body
 
 
+def answered_model(request, body):
+    """The model name an answer carries: the one asked for, unless the request plays `wrong-model`."""
+    fault = request.get(FAULT)
+    return WRONG_MODEL if fault is not None and fault.mode == "wrong-model" else body["model"]
+
+
 def requested_model(request, body, needs=None):
     """The SimModel `body["model"]` names, or Refused (400 missing or lacking capability `needs`, 404 unknown)."""
     name = body.get("model")
@@ -185,7 +213,8 @@ def requested_model(request, body, needs=None):
 
 class Generation:
     """One request that makes a model work: in-flight accounting, the cold load and time to first token, tokens at
-    the configured pace, the `drop` failure, and noticing a client that went away (counted in `disconnects`).
+    the configured pace, the failures inside an answer (`Fault`), and noticing a client that went away (counted in
+    `disconnects`).
 
     A vanished client shows up as CancelledError (aiohttp cancels the handler), a ConnectionError on write, or a
     closing transport seen between tokens; the last two end the request quietly.
@@ -197,7 +226,9 @@ class Generation:
         self.config = self.host.config
         self.model = model
         self.keep_alive = keep_alive_seconds(keep_alive)
-        self.drop_after = request.get(DROP_AFTER)
+        self.fault = request.get(FAULT)
+        self.drop_after = self.fault.after_tokens if self.fault and self.fault.mode == "drop" else None
+        self.dripping = False
         self.response = None
         self.started = time.perf_counter()
         self.first_token_at = None
@@ -237,13 +268,15 @@ class Generation:
         if chunks is not None:
             self.response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
             await self.response.prepare(self.request)
+            self._fault_begins(0)  # a drip from the start takes the opening line too
             if opening:
-                await self.response.write(opening)
+                await self._write(opening)
         loop = asyncio.get_running_loop()
         begin = loop.time()
         for index in range(count):
             if index == self.drop_after:
                 await self._drop()
+            broken_text = self._fault_begins(index)
             tokens_per_second = self.config.tokens_per_second
             if tokens_per_second > 0 and index:
                 delay = begin + index / tokens_per_second - loop.time()
@@ -253,12 +286,52 @@ class Generation:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client went away")
             if chunks is not None:
-                await self.response.write(chunks[index % len(chunks)])
+                await self._write(chunks[index % len(chunks)], broken_text)
+        self._fault_begins(count)  # a drip after the last token takes the end of the answer
         if self.drop_after is not None:
             await self._drop()
 
     async def send(self, data):
-        await self.response.write(data)
+        await self._write(data)
+
+    async def answer(self, response):
+        """Answer with `response`, a single (non-streamed) body, playing the request's fault on it if any."""
+        fault = self.fault
+        if fault is None or fault.mode not in ("drip", "huge-line", "bad-utf8"):
+            self.response = response
+            return
+        self.response = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})
+        await self.response.prepare(self.request)
+        self.dripping = fault.mode == "drip"
+        await self._write(response.body, broken_text=None if self.dripping else WORDS[0])
+
+    def _fault_begins(self, index):
+        """Token `index` is next: the drip starts there, and that token's text is the one broken."""
+        fault = self.fault
+        if fault is None or index != fault.after_tokens:
+            return None
+        if fault.mode == "drip":
+            self.dripping = True
+        return WORDS[index % len(WORDS)] if fault.mode in ("huge-line", "bad-utf8") else None
+
+    async def _write(self, data, broken_text=None):
+        """Write `data`, a byte at a time while dripping. With `broken_text` (a token's text, found after a quote),
+        the fault's bytes go in front of that text: BAD_UTF8, or HUGE_LINE_BYTES of padding written piece by piece."""
+        at = data.find(b'"' + broken_text.encode()) + 1 if broken_text else 0
+        if at:
+            await self.response.write(data[:at])
+            if self.fault.mode == "bad-utf8":
+                await self.response.write(BAD_UTF8)
+            else:
+                for _ in range(HUGE_LINE_BYTES // len(_PADDING)):
+                    await self.response.write(_PADDING)
+            data = data[at:]
+        if not self.dripping:
+            await self.response.write(data)
+            return
+        for offset in range(len(data)):
+            await self.response.write(data[offset : offset + 1])
+            await asyncio.sleep(1 / self.fault.drip_rate)
 
     def durations(self):
         """Ollama's timing fields, in nanoseconds."""

@@ -23,9 +23,12 @@ import openai
 import pytest
 
 from hosts.simulator import (
+    BAD_UTF8,
     BUSY_MESSAGE,
     EMBEDDING_DIMENSION,
     HUGE_BODY_BYTES,
+    HUGE_LINE_BYTES,
+    WRONG_MODEL,
     SimConfig,
     SimModel,
     embedding_vector,
@@ -461,6 +464,107 @@ def test_huge_mode_survives_a_client_that_stops_reading(sim):
     assert httpx.get(host.url + "/api/version").status_code == 200
 
 
+def stream_lines(host, path, body):
+    """The raw lines of a streamed answer, each as bytes."""
+    with httpx.stream("POST", host.url + path, json={"model": "llama3.2:1b", **body}, timeout=30) as response:
+        assert response.status_code == 200
+        return response.read().split(b"\n")
+
+
+def test_drip_mode_sends_the_rest_of_the_answer_a_byte_at_a_time(sim):
+    host = sim(fail="drip", fail_after_tokens=1, drip_rate=200, reply_tokens=1)
+    body = {"model": "llama3.2:1b", "messages": HELLO, "stream": True}
+    with httpx.stream("POST", host.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        pieces = list(response.iter_raw())
+    whole = b"".join(pieces)
+    good = whole.index(b"\n\n", whole.index(b'"content":"The "')) + 2  # the role line and the first token
+    assert whole.endswith(b"data: [DONE]\n\n") and whole.count(b"\n\n") == 4
+    sent, dripped_pieces = 0, 0
+    for piece in pieces:
+        sent += len(piece)
+        dripped_pieces += sent > good
+    assert dripped_pieces > (len(whole) - good) / 4  # a byte a piece, give or take a slow reader
+    assert host.stats["in_flight"] == 0
+
+
+def test_drip_mode_from_the_start_drips_a_single_answer_too(sim):
+    host = sim(fail="drip", fail_after_tokens=0, drip_rate=1000, reply_tokens=2)
+    with httpx.stream("POST", host.url + "/api/generate", json=GENERATE, timeout=30) as response:
+        assert response.status_code == 200  # the headers come at once
+        pieces = list(response.iter_raw())
+    assert json.loads(b"".join(pieces))["response"] == reply_text(2)
+    assert len(pieces) > 100
+
+
+def test_drip_mode_is_a_disconnect_when_the_client_gives_up(sim):
+    host = sim(fail="drip", fail_after_tokens=0)
+    body = {"model": "llama3.2:1b", "messages": HELLO, "stream": True}
+    with httpx.stream("POST", host.url + "/v1/chat/completions", json=body) as response:
+        next(response.iter_raw())
+    wait_until(lambda: host.stats["disconnects"] == 1 and host.stats["in_flight"] == 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "done"),
+    [
+        ("/v1/chat/completions", {"messages": HELLO, "stream": True}, b"data: [DONE]"),
+        ("/api/chat", {"messages": HELLO}, b'"done":true'),
+    ],
+)
+def test_huge_line_mode_sends_one_100_mb_line_then_ends_normally(sim, path, body, done):
+    host = sim(fail="huge-line", fail_after_tokens=2, reply_tokens=4)
+    lengths, line, last = [], 0, b""
+    with httpx.stream("POST", host.url + path, json={"model": "llama3.2:1b", **body}, timeout=60) as response:
+        for chunk in response.iter_raw():
+            *ends, rest = chunk.split(b"\n")
+            for end in ends:
+                lengths.append(line + len(end))
+                line = 0
+                last = end or last
+            line += len(rest)
+    huge = [length for length in lengths if length > HUGE_LINE_BYTES]
+    assert len(huge) == 1 and huge[0] < HUGE_LINE_BYTES + 1000
+    assert max(length for length in lengths if length < HUGE_LINE_BYTES) < 1000 and done in last
+
+
+def test_bad_utf8_mode_breaks_one_token_of_an_otherwise_normal_stream(sim):
+    host = sim(fail="bad-utf8", fail_after_tokens=1, reply_tokens=3)
+    lines = [line for line in stream_lines(host, "/api/chat", {"messages": HELLO}) if line]
+    broken = [line for line in lines if BAD_UTF8 in line]
+    assert len(broken) == 1 and len(lines) == 4
+    with pytest.raises(UnicodeDecodeError):
+        broken[0].decode()
+    assert json.loads(broken[0].decode(errors="replace"))["message"]["content"] == "\ufffd\ufffdquick "
+    assert all(json.loads(line) for line in lines if line not in broken)
+
+
+def test_bad_utf8_mode_breaks_a_single_answer_too(sim):
+    host = sim(fail="bad-utf8")
+    body = {"model": "llama3.2:1b", "messages": HELLO}
+    raw = httpx.post(host.url + "/v1/chat/completions", json=body).content
+    assert BAD_UTF8 + b"The quick" in raw
+    assert json.loads(raw.decode(errors="replace"))["choices"][0]["message"]["content"].startswith("\ufffd")
+
+
+def test_wrong_model_mode_names_another_model(sim):
+    host = sim(fail="wrong-model")
+    with openai_client(host) as client:
+        reply = client.chat.completions.create(model="llama3.2:1b", messages=HELLO)
+        chunks = list(client.completions.create(model="llama3.2:1b", prompt="hi", stream=True))
+    with ollama.Client(host=host.url) as client:
+        native = client.generate(model="llama3.2:1b", prompt="hi")
+    assert reply.model == WRONG_MODEL and reply.choices[0].message.content == reply_text(16)
+    assert {chunk.model for chunk in chunks} == {WRONG_MODEL}
+    assert native.model == WRONG_MODEL
+
+
+@pytest.mark.parametrize("fail", ["drip", "huge-line", "bad-utf8", "wrong-model"])
+def test_answer_failures_leave_other_paths_alone(sim, fail):
+    host = sim(fail=fail, fail_after_tokens=0)
+    assert [m["name"] for m in httpx.get(host.url + "/api/tags", timeout=5).json()["models"]] == ["llama3.2:1b"]
+    assert httpx.post(host.url + "/api/embed", json={"model": "llama3.2:1b", "input": "x"}, timeout=5).json()
+
+
 def test_failure_applies_only_to_fail_paths(sim):
     host = sim(fail="error", fail_status=404, fail_paths=["/v1/models"])
     assert httpx.get(host.url + "/v1/models").status_code == 404
@@ -651,6 +755,7 @@ def test_control_endpoints_change_config_and_report_stats(sim):
         {"ttft": -1},
         {"fail_paths": "/api"},
         {"fail_rate": 1.5},
+        {"drip_rate": 0},
         ["not", "an", "object"],
     ],
 )
