@@ -1,13 +1,19 @@
-"""Reading a copy of what a host sends back: time to first token, tokens, usage, finish reason, in-band errors.
+"""Reading a copy of what a host sends back: time to first token, tokens, usage, finish reason, in-band errors, and
+the model the answer names.
 
-The relay forwards the host's bytes untouched; this only looks at a copy. Lines are split across chunks without a
-length limit, so a long line never ends a stream.
+The relay forwards the host's bytes untouched; this only looks at a copy, and never raises on what it reads. A line
+longer than MAX_LINE_BYTES is not kept (so a host sending a 100 MB line costs no memory here) and is skipped, not
+parsed; it never ends a stream. Bytes that are not UTF-8 are read as U+FFFD, so a token with a broken byte still
+counts. `parsed` and `unparsed` count the lines (or the single body) that were, or were not, JSON objects: the relay
+uses them to tell an answer from garbage.
 """
 
 import json
 import time
 
 MAX_BUFFERED_BODY = 4 * 1024 * 1024  # a non-streamed answer larger than this is relayed but not parsed
+MAX_LINE_BYTES = 1024 * 1024  # a streamed line longer than this is relayed but not parsed
+MAX_MODEL_CHARS = 255
 
 
 class Telemetry:
@@ -25,9 +31,14 @@ class Telemetry:
         self.finish_reason = None
         self.error = None
         self.done = False
+        self.model = None  # the model the answer names (its first "model" field)
         self.timings = {}  # Ollama's nanosecond durations and counts
-        self._buffer = b""
+        self.parsed = 0  # data lines (or the single body) read as JSON objects, and [DONE]
+        self.unparsed = 0  # data lines (or the single body) that were not JSON objects
+        self.skipped_lines = 0  # lines longer than MAX_LINE_BYTES
+        self._buffer = bytearray()  # the single body, or the start of a line
         self._size = 0
+        self._skipping = False  # inside a line longer than MAX_LINE_BYTES
 
     def feed(self, chunk):
         now = time.monotonic()
@@ -38,21 +49,45 @@ class Telemetry:
             if self._size <= MAX_BUFFERED_BODY:
                 self._buffer += chunk
             return
-        data = self._buffer + chunk if self._buffer else chunk
-        lines = data.split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            self._line(line, now)
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if lines:
+            if self._skipping:
+                self._skipping = False
+                lines[0] = None  # the end of an over-long line
+            elif self._buffer:
+                lines[0] = self._buffer + lines[0]
+                self._buffer = bytearray()
+            for line in lines:
+                if line is None:
+                    continue
+                if len(line) > MAX_LINE_BYTES:
+                    self.skipped_lines += 1
+                else:
+                    self._line(line, now)
+        self._keep_partial(rest)
 
     def finish(self):
         """Parse what is left (a non-streamed body, or a last line without a newline)."""
         now = time.monotonic()
         if self.format == "json":
             if self._size <= MAX_BUFFERED_BODY:
-                self._object(_loads(self._buffer), now, whole=True)
-        elif self._buffer.strip():
+                self._count(self._object(_loads(self._buffer), now, whole=True))
+        elif self._buffer.strip() and not self._skipping:
             self._line(self._buffer, now)
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._skipping = False
+
+    def _keep_partial(self, rest):
+        """Keep the start of a line until its end arrives, unless the line is longer than anyone should parse."""
+        if self._skipping or not rest:
+            return
+        if len(self._buffer) + len(rest) > MAX_LINE_BYTES:
+            self._buffer = bytearray()
+            self._skipping = True
+            self.skipped_lines += 1
+        else:
+            self._buffer += rest
 
     @property
     def ttft_ms(self):
@@ -73,17 +108,27 @@ class Telemetry:
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.done = True
+                self.parsed += 1
                 return
             line = payload
-        self._object(_loads(line), now)
+        self._count(self._object(_loads(line), now))
+
+    def _count(self, was_object):
+        if was_object:
+            self.parsed += 1
+        else:
+            self.unparsed += 1
 
     def _object(self, obj, now, whole=False):
+        """Read one JSON value of the answer; returns whether it was an object (the only shape an answer has)."""
         if not isinstance(obj, dict):
-            return
+            return False
+        if self.model is None and isinstance(obj.get("model"), str):
+            self.model = obj["model"][:MAX_MODEL_CHARS]
         if "error" in obj:
             error = obj["error"]
             self.error = str(error.get("message") if isinstance(error, dict) else error)[:500]
-            return
+            return True
         if "choices" in obj:
             self._openai(obj, now, whole)
         elif "message" in obj or "response" in obj or "done" in obj:
@@ -92,6 +137,7 @@ class Telemetry:
         if isinstance(usage, dict):
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
+        return True
 
     def _openai(self, obj, now, whole):
         for choice in obj.get("choices") or ():
@@ -153,7 +199,8 @@ class Telemetry:
 
 
 def _loads(raw):
+    """The JSON value in `raw` (invalid UTF-8 read as U+FFFD), or None."""
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(raw.decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
         return None
