@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
+from proxy.relay import model_note
 from tests.conftest import wait_until
 
 LONG = "x" * 300_000  # one 300 kB line: no line-length limit may end the stream
@@ -100,3 +101,20 @@ def test_admin_edits_reach_routing_within_seconds(garden):
     garden.server.manage("hosts", "add", "fixed", url, "--backend", "openai")
     wait_until(lambda: httpx.post(garden.url + "/v1/chat/completions", json=body).status_code == 200, timeout=3,
                what="the enabled host to come back")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "answered", "note"),
+    [
+        (b'{"model": "llama3.2:1b"}', "llama3.2:1b", ""),
+        (b'{"model":"llama3.2"}', "llama3.2:latest", ""),  # one model, two spellings
+        (b'{"model": "LLAMA3.2:1B", "stream": true}', "library/llama3.2:1b", ""),
+        (b'{"name": "llama3.2:1b"}', "llama3.2:1b", ""),  # /api/show names it "name"
+        (b'{"model": "llama3.2:1b"}', None, ""),  # the answer names no model
+        (b'{"model": "llama3.2:1b"}', "qwen2.5:7b", "box answered with model 'qwen2.5:7b', not 'llama3.2:1b'"),
+        (b'{"model": "llama3.2:1b"}', "llama3.2:3b", "box answered with model 'llama3.2:3b', not 'llama3.2:1b'"),
+        (b"not json", "qwen2.5:7b", ""),
+    ],
+)
+def test_an_answer_naming_another_model_gets_a_note(body, answered, note):
+    assert model_note("box", body, answered) == note
