@@ -4,6 +4,7 @@ from django.urls import path, re_path
 
 from proxy.catalog import CatalogConsumer, NotFoundConsumer
 from proxy.consumers import RelayConsumer
+from proxy.internals import internals_routes
 
 
 def _relay(route, endpoint):
@@ -31,6 +32,7 @@ urlpatterns = [
     _answer("status", "status"),
     _answer("health", "health"),
     _answer("ready", "ready"),
+    *internals_routes(),
     re_path(r"^v1/", NotFoundConsumer.as_asgi(flavour="openai")),
     re_path(r"^api/", NotFoundConsumer.as_asgi(flavour="ollama")),
 ]
