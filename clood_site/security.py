@@ -2,6 +2,8 @@
 clood's own scripts, styles, images and websocket (pages load nothing from elsewhere: clood works offline), and a
 Permissions-Policy that turns off browser features no page uses."""
 
+from django.utils.deprecation import MiddlewareMixin
+
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -18,12 +20,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        response = self.get_response(request)
+class SecurityHeadersMiddleware(MiddlewareMixin):  # the mixin keeps the stack async (catfights run in its loop)
+    def process_response(self, request, response):
         response.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
         return response

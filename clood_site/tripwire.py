@@ -10,6 +10,7 @@ import os
 import threading
 
 from django.conf import settings
+from django.utils.deprecation import MiddlewareMixin
 
 
 class Tripwire:
@@ -70,15 +71,15 @@ class TripwireASGI:
         return await self.app(scope, receive, checked_send)
 
 
-class TripwireMiddleware:
-    """The same for Django's own responses when they don't pass through ASGI (the test client)."""
+class TripwireMiddleware(MiddlewareMixin):
+    """The same for Django's own responses when they don't pass through ASGI (the test client). MiddlewareMixin
+    keeps the stack async-capable: a sync-only middleware would move async views into a thread."""
 
     def __init__(self, get_response):
-        self.get_response = get_response
+        super().__init__(get_response)
         self.tripwire = from_settings()
 
-    def __call__(self, request):
-        response = self.get_response(request)
+    def process_response(self, request, response):
         where = f"django {request.path}"
         headers = "\n".join(f"{k}: {v}" for k, v in response.items()).encode()
         self.tripwire.scan(f"{where} (headers)", headers)

@@ -67,3 +67,12 @@ def test_behind_https_cookies_are_secure_and_hsts_is_sent(https_server):
     assert response.status_code == 200
     assert "Secure" in response.headers["set-cookie"]
     assert response.headers["strict-transport-security"].startswith("max-age=31536000")
+
+
+def test_every_middleware_keeps_the_stack_async(settings):
+    # One sync-only middleware moves every async view into a thread with a loop of its own, which ends with the
+    # request: catfights started by POST /catfights would die with it.
+    from django.utils.module_loading import import_string
+
+    for path in settings.MIDDLEWARE:
+        assert getattr(import_string(path), "async_capable", False), path
