@@ -171,7 +171,9 @@ CLOOD_ROUTING_STRATEGY = env.str("CLOOD_ROUTING_STRATEGY", default="smart")
 CLOOD_QUEUE_MAX = env.int("CLOOD_QUEUE_MAX", default=200)  # waiting requests beyond this get 429
 CLOOD_QUEUE_TIMEOUT = env.float("CLOOD_QUEUE_TIMEOUT", default=60.0)  # longest wait for a slot (s), then 429
 CLOOD_MAX_BODY_BYTES = env.int("CLOOD_MAX_BODY_BYTES", default=32 * 1024 * 1024)  # larger bodies get 413
-CLOOD_BODY_TIMEOUT = env.float("CLOOD_BODY_TIMEOUT", default=30.0)  # the whole body must arrive within (s), else 408
+# A request (headers and body) must be fully read within this (s) of its first line, else 408: slow-loris clients
+# cannot hold connections (enforced by clood_site/serve.py, the server `./clood run` starts).
+CLOOD_REQUEST_READ_TIMEOUT = env.float("CLOOD_REQUEST_READ_TIMEOUT", default=30.0)
 CLOOD_CONNECT_TIMEOUT = env.float("CLOOD_CONNECT_TIMEOUT", default=3.0)
 CLOOD_FIRST_BYTE_TIMEOUT = env.float("CLOOD_FIRST_BYTE_TIMEOUT", default=120.0)  # model already loaded
 CLOOD_COLD_START_TIMEOUT = env.float("CLOOD_COLD_START_TIMEOUT", default=600.0)  # model has to be loaded first

@@ -45,6 +45,7 @@ class ApiConsumer(AsyncHttpConsumer):
         self.worker = None
         self.started = False
         self.key = None  # the client's KeyView, once authenticated
+        self.staff = None  # or the staff user of one of clood's own pages
 
     async def dispatch(self, message):
         # AsyncConsumer.dispatch closes old DB connections around every message (a thread hop each time);
@@ -55,6 +56,8 @@ class ApiConsumer(AsyncHttpConsumer):
         await handler(message)
 
     async def http_request(self, message):
+        # Slow and oversized requests are cut off by the server (clood_site/serve.py) before they get here; the size
+        # check stays for bodies without a Content-Length (chunked).
         if self.worker is not None:
             return
         chunk = message.get("body", b"")
@@ -90,12 +93,17 @@ class ApiConsumer(AsyncHttpConsumer):
             raise
         except Exception:
             log.exception("unexpected error serving %s", self.scope.get("path"))
-            await self.send_error(ApiError(500, "clood hit an internal error; it has been logged.", code="internal"))
+            error = ApiError(500, "clood hit an internal error; it has been logged.", code="internal")
+            self.record_internal_error(error)
+            await self.send_error(error)
+
+    def record_internal_error(self, error):
+        """A bug, not the client's or a host's fault: subclasses that log requests log this one too."""
 
     async def authenticate(self):
         """/v1 and /api need a key when any exists (or CLOOD_REQUIRE_API_KEY); /status, /health, /ready never."""
         if self.scope["path"].startswith(("/v1/", "/api/")):
-            self.key = keys.authenticate(await keys.table(), self.scope)
+            self.key, self.staff = await keys.identify(self.scope)
 
     async def send_error(self, error):
         if self.started:
@@ -134,6 +142,9 @@ class RelayConsumer(ApiConsumer):
         if self.host_name:
             headers.append((b"x-clood-host", self.host_name.encode()))
         return headers
+
+    def record_internal_error(self, error):
+        self._record(outcome="failed", status=500, error=error.message, host=self.host_name)
 
     async def authenticate(self):
         self.queued_at = time.time()
@@ -187,7 +198,6 @@ class RelayConsumer(ApiConsumer):
     async def _serve_with_failover(self, body, parsed, decision):
         remaining = list(decision.candidates)
         attempts = []
-        last_error = None
         queue_wait_ms = None
         while remaining:
             wait_started = time.monotonic()
@@ -199,9 +209,9 @@ class RelayConsumer(ApiConsumer):
             try:
                 result = await self._attempt(candidate, body, parsed, attempts, queue_wait_ms)
             except UpstreamError as error:
-                last_error = error
                 stats.upstream_failed(host_name)
-                attempts.append({"host": host_name, "error": error.message, "status": error.status})
+                attempts.append({"host": host_name, "error": error.message, "status": error.status,
+                                 **({"timeout": True} if error.timeout else {})})  # fmt: skip
                 await apublish("request_failed", id=self.request_id, model=parsed.model, host=host_name,
                                error=error.message, status=error.status, attempt=len(attempts),
                                will_retry=bool(remaining))  # fmt: skip
@@ -209,7 +219,7 @@ class RelayConsumer(ApiConsumer):
             finally:
                 self._release(host_name)
             return result
-        self._fail_all(parsed, attempts, last_error, queue_wait_ms)
+        self._fail_all(parsed, attempts, queue_wait_ms)
 
     async def _admit(self, hosts, parsed):
         if not self.endpoint.admitted:
@@ -307,15 +317,16 @@ class RelayConsumer(ApiConsumer):
         )  # fmt: skip
         return result
 
-    def _fail_all(self, parsed, attempts, last_error, queue_wait_ms):
+    def _fail_all(self, parsed, attempts, queue_wait_ms):
         self.host_name = ""
         stats.totals["requests"] += 1
         stats.totals["errors"] += 1
         tried = "; ".join(a["error"] for a in attempts)
-        if last_error is not None and last_error.timeout:
+        # Decided by every attempt, not the last one, so the answer does not depend on the order hosts were tried.
+        if attempts and all(a.get("timeout") for a in attempts):
             status = 504
-        elif last_error is not None and last_error.status in (409, 429, 503):
-            status = 503
+        elif attempts and all(a.get("status") in (409, 429, 503) for a in attempts):
+            status = 503  # every host was busy: worth retrying soon
         else:
             status = 502
         error = ApiError(status, f"Every host for '{parsed.model}' failed: {tried}", code="upstream_failed",
@@ -338,7 +349,7 @@ class RelayConsumer(ApiConsumer):
             host=host,
             client=self._client(),
             api_key_id=self.key.id if self.key else None,
-            api_key_name=self.key.name if self.key else "",
+            api_key_name=self.key.name if self.key else (f"staff:{self.staff.username}" if self.staff else ""),
             stream=parsed.stream if parsed else False,
             status=status,
             outcome=outcome,

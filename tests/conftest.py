@@ -121,8 +121,9 @@ class CloodProcess:
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
         self.command = command(self.port) if command else [
-            sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "clood_site.asgi:application",
-        ]  # fmt: skip
+            sys.executable, "-m", "clood_site.serve", "-b", "127.0.0.1", "-p", str(self.port),
+            "clood_site.asgi:application",
+        ]  # fmt: skip  (daphne with clood's request limits, as `./clood run` starts it)
         self.log_path = self.var_dir / "server.log"
         self.process = None
 

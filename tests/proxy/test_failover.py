@@ -105,6 +105,19 @@ def test_all_busy_is_503_with_retry_after(garden):
     assert response.status_code == 503 and response.headers["retry-after"]
 
 
+@pytest.mark.parametrize("busy_one", ["first", "second"])
+def test_busy_and_broken_hosts_together_are_502_whichever_is_tried_last(garden, busy_one):
+    for name in ("first", "second"):
+        sim = garden.sims[name]
+        sim.config.fail, sim.config.fail_status, sim.config.fail_paths = "error", 500, GENERATION
+    garden.sims[busy_one].config.fail_status = 503
+    response = chat(garden)
+    assert response.status_code == 502 and "retry-after" not in response.headers
+    assert [a["host"] for a in garden.log_for(response.headers["x-clood-request-id"])["attempts"]] == [
+        "first", "second"
+    ]  # fmt: skip
+
+
 def test_mid_stream_failure_is_an_in_band_error(garden):
     first = garden.sims["first"]
     first.config.fail, first.config.fail_paths, first.config.fail_after_tokens = "drop", GENERATION, 3
