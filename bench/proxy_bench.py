@@ -41,7 +41,7 @@ except ImportError:  # optional: bench/requirements.txt
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-DAPHNE = str(Path(sys.executable).with_name("daphne"))
+CLOOD_SERVER = [PYTHON, "-m", "clood_site.serve"]  # daphne with clood's request limits, as `./clood run` starts it
 MODEL = "bench:1b"
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -202,8 +202,8 @@ def start_stack(procs, workdir):
     manage(env, "hosts", "refresh")
 
     log(f"starting clood (daphne) on {clood_url}")
-    daphne = procs.start("daphne", [DAPHNE, "-b", "127.0.0.1", "-p", str(clood_port), "clood_site.asgi:application"],
-                         env)  # fmt: skip
+    command = [*CLOOD_SERVER, "-b", "127.0.0.1", "-p", str(clood_port), "clood_site.asgi:application"]
+    daphne = procs.start("daphne", command, env)
 
     def listed():
         return any(m.get("id") == MODEL for m in http_json(f"{clood_url}/v1/models").get("data", []))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 from proxy_bench import (
-    DAPHNE,
+    CLOOD_SERVER,
     PYTHON,
     ROOT,
     Processes,
@@ -171,7 +171,7 @@ def start_stack(procs, workdir, hosts, fail_rate):
     manage(env, "hosts", "refresh")
     log(f"starting clood (daphne) on {clood_url}")
     port = clood_url.rsplit(":", 1)[1]
-    daphne = procs.start("daphne", [DAPHNE, "-b", "127.0.0.1", "-p", port, "clood_site.asgi:application"], env)
+    daphne = procs.start("daphne", [*CLOOD_SERVER, "-b", "127.0.0.1", "-p", port, "clood_site.asgi:application"], env)
 
     def listed():
         return {m.get("id") for m in http_json(f"{clood_url}/v1/models").get("data", [])} >= {CHAT_MODEL, EMBED_MODEL}
