@@ -6,7 +6,7 @@ import time
 from django.conf import settings
 
 from hosts import snapshot
-from hosts.names import normalize_model_name
+from hosts.names import model_name_problem, normalize_model_name
 from proxy.consumers import ApiConsumer
 from proxy.errors import ApiError
 from proxy.state import admission, stats
@@ -72,6 +72,9 @@ class CatalogConsumer(ApiConsumer):
 
     async def answer_model(self, garden):
         model_id = self.scope["url_route"]["kwargs"]["model_id"]
+        problem = model_name_problem(model_id)
+        if problem:
+            raise ApiError(400, f"Invalid model name: {problem}.", param="model", code="invalid_model")
         holders = _served_models(garden, self.key).get(normalize_model_name(model_id))
         if not holders:
             raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")

@@ -143,9 +143,10 @@ OPENAI_CASES = [
     ("GET", CHAT, b"", 405, "method_not_allowed", None),
     ("POST", "/v1/models", b"", 405, "method_not_allowed", None),
     ("GET", "/v1/models/nope:1b", b"", 404, "model_not_found", "model"),
-    ("GET", "/v1/models/..%2F..%2Fetc%2Fpasswd", b"", 404, "model_not_found", "model"),
-    ("GET", "/v1/models/%2e%2e", b"", 404, "model_not_found", "model"),
-    ("GET", "/v1/models/ll%D0%B0ma3.2:1b", b"", 404, "model_not_found", "model"),
+    ("GET", "/v1/models/..%2F..%2Fetc%2Fpasswd", b"", 400, "invalid_model", "model"),
+    ("GET", "/v1/models/%2e%2e", b"", 400, "invalid_model", "model"),
+    ("GET", "/v1/models/llama3.2:1b%20", b"", 400, "invalid_model", "model"),
+    ("GET", "/v1/models/ll%D0%B0ma3.2:1b", b"", 400, "invalid_model", "model"),
     ("GET", "/v1/models/llama3.2:1b%0d%0aX-Injected:%201", b"", 404, "not_found", None),
 ]
 
