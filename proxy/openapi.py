@@ -338,14 +338,15 @@ def _catfight_paths():
 
 def build_spec():
     """The whole description, as a new dict on every call (callers may change it)."""
-    model_id = _path_parameter("model_id", {"type": "string", "minLength": 1})
+    model_id = _path_parameter("model_id", _schema("ModelName"))
     ready = _answer("ready", "At least one host is usable", "Ready", "clood", [])
     ready["get"]["responses"]["503"] = {"description": "No host is usable", "content": _json("Ready")}
     paths = {
         **{ENDPOINTS[name].path: _relayed(name) for name in RELAYED},
         "/v1/models": _answer("models", "Every model an online host serves", "ModelList", "OpenAI"),
         "/v1/models/{model_id}": _answer("model", "One model", "Model", "OpenAI",
-                                         [("404", "No online host has this model")], [model_id]),
+                                         [("400", "Not a valid model name"), ("404", "No online host has this model")],
+                                         [model_id]),
         "/api/tags": _answer("ollama.tags", "Every model an online Ollama host has", "OllamaModelList", "Ollama"),
         "/api/ps": _answer("ollama.ps", "Models loaded in memory, and on which host", "OllamaRunningList", "Ollama"),
         "/api/version": _answer("ollama.version", "The oldest Ollama version in the garden", "OllamaVersion",
