@@ -120,10 +120,11 @@ class CloodProcess:
             **(env or {}),
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        # By default daphne with clood's request limits, as `./clood run` starts it.
         self.command = command(self.port) if command else [
             sys.executable, "-m", "clood_site.serve", "-b", "127.0.0.1", "-p", str(self.port),
             "clood_site.asgi:application",
-        ]  # fmt: skip  (daphne with clood's request limits, as `./clood run` starts it)
+        ]  # fmt: skip
         self.log_path = self.var_dir / "server.log"
         self.process = None
 

@@ -56,7 +56,10 @@ def test_static_files_are_served_without_debug(server):
     assert response.status_code == 200 and "text/css" in response.headers["content-type"]
 
 
-@pytest.mark.parametrize("path", ["/atc/", "/atc/history", "/atc/history.csv", "/atc/chat", "/atc/catfights", "/admin/"])
+PAGES = ["/atc/", "/atc/history", "/atc/history.csv", "/atc/chat", "/atc/catfights", "/admin/"]
+
+
+@pytest.mark.parametrize("path", PAGES)
 def test_pages_need_a_login(server, path):
     response = httpx.get(server.url + path)
     assert response.status_code == 302 and "/admin/login/" in response.headers["location"]
