@@ -177,7 +177,9 @@ CLOOD_REQUEST_READ_TIMEOUT = env.float("CLOOD_REQUEST_READ_TIMEOUT", default=30.
 CLOOD_CONNECT_TIMEOUT = env.float("CLOOD_CONNECT_TIMEOUT", default=3.0)
 CLOOD_FIRST_BYTE_TIMEOUT = env.float("CLOOD_FIRST_BYTE_TIMEOUT", default=120.0)  # model already loaded
 CLOOD_COLD_START_TIMEOUT = env.float("CLOOD_COLD_START_TIMEOUT", default=600.0)  # model has to be loaded first
-CLOOD_IDLE_TIMEOUT = env.float("CLOOD_IDLE_TIMEOUT", default=60.0)  # longest silence between chunks
+# Once an answer has started, each complete line (or 64 KiB of a long one) must follow the last within this (s):
+# a host that goes silent, or drips bytes without finishing a line, is cut off (proxy/relay.py).
+CLOOD_IDLE_TIMEOUT = env.float("CLOOD_IDLE_TIMEOUT", default=60.0)
 CLOOD_CIRCUIT_COOLDOWN = env.float("CLOOD_CIRCUIT_COOLDOWN", default=30.0)  # then one probe request is let through
 CLOOD_UPSTREAM_MAX_CONNECTIONS = env.int("CLOOD_UPSTREAM_MAX_CONNECTIONS", default=2000)
 CLOOD_EVENT_PROMPT_CHARS = env.int("CLOOD_EVENT_PROMPT_CHARS", default=120)  # 0 hides prompts from events
@@ -190,7 +192,5 @@ CLOOD_REQUIRE_API_KEY = env.bool("CLOOD_REQUIRE_API_KEY", default=False)
 CLOOD_ATC_PUBLIC = env.bool("CLOOD_ATC_PUBLIC", default=False)
 CLOOD_ATC_RECENT_EVENTS = env.int("CLOOD_ATC_RECENT_EVENTS", default=5000)  # kept for snapshots and resumes
 
-# Broken hosts (proxy/relay.py): CLOOD_IDLE_TIMEOUT above also bounds the wait for each complete line of an answer
-# (or 64 KiB of a long one), so a host that drips bytes without finishing a line is cut off like a silent one.
 # GET /_clood/internals answers counts of tasks, upstream connections, slots and flights (tests, debugging leaks).
 CLOOD_EXPOSE_INTERNALS = env.bool("CLOOD_EXPOSE_INTERNALS", default=False)
