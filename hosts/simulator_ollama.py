@@ -168,7 +168,7 @@ async def _ollama_reply(request, body, model, prompt_tokens, piece, empty=False,
         reason = "unload" if keep_alive == 0 else "load"
         return web.json_response({**head, **piece(""), "done": True, "done_reason": reason})
     options = body.get("options") if isinstance(body.get("options"), dict) else {}
-    count, limited = token_count(options.get("num_predict"), host.config.reply_tokens)
+    count, limited = token_count(options.get("num_predict"), host.config.reply_tokens, model.context_length)
     count = 1 if tool_call else count
     stream = body.get("stream", True) is not False
     chunks = [_ndjson({**head, **(tool_call or piece(word)), "done": False}) for word in WORDS] if stream else None

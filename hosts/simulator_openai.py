@@ -83,7 +83,7 @@ async def chat_completions(request):
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise Refused(400, "messages must be a non-empty list")
-    count, limited = token_count(_limit(body), request.app[HOST].config.reply_tokens)
+    count, limited = token_count(_limit(body), request.app[HOST].config.reply_tokens, model.context_length)
     tool = chosen_tool(body)
     stream = body.get("stream") is True
     head = {
@@ -134,7 +134,7 @@ async def completions(request):
     prompt = body.get("prompt")
     if not (isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))):
         raise Refused(400, "prompt must be a string or a list of strings")
-    count, limited = token_count(_limit(body), request.app[HOST].config.reply_tokens)
+    count, limited = token_count(_limit(body), request.app[HOST].config.reply_tokens, model.context_length)
     stream = body.get("stream") is True
     head = {
         "id": f"cmpl-{uuid.uuid4().hex[:24]}",

@@ -378,11 +378,12 @@ def reply_text(count):
     return "".join(WORDS[index % len(WORDS)] for index in range(count))
 
 
-def token_count(limit, default):
-    """(tokens to send, whether the request's limit decided it): a positive integer limit is the count."""
+def token_count(limit, default, context_length):
+    """(tokens to send, whether the request's limit decided it): a positive integer limit is the count, capped at
+    the model's context length as a real host caps it (so `max_tokens: 10**20` is an answer, not a frozen host)."""
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-        return limit, True
-    return default, False
+        return min(limit, context_length), True
+    return min(default, context_length), False
 
 
 def count_words(value):
