@@ -249,7 +249,6 @@ def test_openai_chat_without_stream_honours_max_tokens(sim):
     assert full.choices[0].message.content == reply_text(16) and full.choices[0].finish_reason == "stop"
 
 
-
 def test_a_huge_token_limit_stops_at_the_context_length(sim):
     host = sim(SimModel(name="llama3.2:1b", context_length=64))
     body = {"model": "llama3.2:1b", "messages": HELLO, "max_tokens": 10**20}
@@ -257,6 +256,7 @@ def test_a_huge_token_limit_stops_at_the_context_length(sim):
     assert answer["usage"]["completion_tokens"] == 64 and answer["choices"][0]["finish_reason"] == "length"
     ollama = {"model": "llama3.2:1b", "prompt": "x", "stream": False, "options": {"num_predict": 2**31 - 1}}
     assert httpx.post(host.url + "/api/generate", json=ollama, timeout=10).json()["eval_count"] == 64
+
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_tools_get_a_tool_call(sim, stream):
