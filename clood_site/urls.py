@@ -1,6 +1,8 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+
+from proxy.views import not_found as catfight_not_found
 
 admin.site.site_header = "clood"
 admin.site.site_title = "clood admin"
@@ -12,4 +14,5 @@ urlpatterns = [
     path("atc/", include("atc.urls")),
     path("catfights", include("proxy.catfight_urls")),
     path("catfights/", include("proxy.catfight_urls")),
+    re_path(r"^catfights/", catfight_not_found),  # anything else there: a JSON 404, never Django's HTML page
 ]

@@ -25,7 +25,7 @@ def normalize_model_name(name):
     path, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "")
     tag = tag or DEFAULT_TAG
     parts = [part for part in path.split("/") if part] if path else []
-    if len(parts) >= 3 and parts[0] == DEFAULT_REGISTRY:
+    while len(parts) >= 3 and parts[0] == DEFAULT_REGISTRY:
         parts = parts[1:]
     if len(parts) == 2 and parts[0] == DEFAULT_NAMESPACE:
         parts = parts[1:]
@@ -46,4 +46,6 @@ def model_name_problem(name):
         return "model name may only contain letters, digits and . _ - : / @ +"
     if ".." in name or "//" in name:
         return "model name may not contain '..' or '//'"
+    if normalize_model_name(name).startswith(":") or normalize_model_name(name).endswith(":"):
+        return "model name has no model in it"
     return None

@@ -40,6 +40,10 @@ def key_or_staff(view):
     return checked
 
 
+async def not_found(request):
+    return _error(ApiError(404, f"Unknown catfight API path: {request.path[:200]}", code="not_found"))
+
+
 def _method(request, *allowed):
     if request.method not in allowed:
         raise ApiError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")

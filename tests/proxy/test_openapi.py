@@ -122,20 +122,11 @@ def _spare_the_simulator(case):
 @schema.parametrize()
 @settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 def test_clood_keeps_its_description(case, garden):
-    if not str((case.path_parameters or {}).get("catfight_id", 0)).isdigit():
-        return  # Django's HTML 404: see test_a_catfight_id_that_is_not_a_number_is_a_json_404
     _spare_the_simulator(case)
     extra = [] if case.operation.path.startswith("/catfights") else [negative_data_rejection]
     case.call_and_validate(base_url=garden.url, checks=CHECKS + extra, timeout=30)
 
 
-HTML_404 = (
-    "DEFECT proxy/catfight_urls.py: <int:catfight_id> does not match -1 or abc, so Django answers its HTML 404 page; "
-    "docs/catfight-api.md promises OpenAI-shaped JSON errors"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=HTML_404)
 @pytest.mark.parametrize("path", ["/catfights/-1", "/catfights/abc/export.json"])
 def test_a_catfight_id_that_is_not_a_number_is_a_json_404(garden, path):
     response = httpx.get(garden.url + path, timeout=10)

@@ -241,13 +241,6 @@ def test_an_accepted_name_holds_only_the_documented_characters(name):
         assert DOCUMENTED_NAME.fullmatch(name)
 
 
-DOUBLED_REGISTRY = (
-    "DEFECT hosts/names.py normalize_model_name: it drops one default registry and then the namespace, so with the "
-    "registry written twice the first pass keeps one and a second pass drops it: normalising is not idempotent"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DOUBLED_REGISTRY)
 def test_normalising_a_doubled_registry_is_idempotent():
     once = normalize_model_name("registry.ollama.ai/registry.ollama.ai/library/llama3.2")
     assert normalize_model_name(once) == once
