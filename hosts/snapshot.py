@@ -165,19 +165,20 @@ async def ensure_fresh():
     return _current
 
 
-async def _refresh_forever():
+async def refresh_forever(reload, what="the routing snapshot"):
+    """Call `reload` every CLOOD_SNAPSHOT_REFRESH seconds; a failure keeps the previous state (and is logged)."""
     while True:
         await asyncio.sleep(settings.CLOOD_SNAPSHOT_REFRESH)
         try:
-            await refresh()
+            await reload()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("could not refresh the routing snapshot; keeping the previous one")
+            log.exception("could not refresh %s; keeping the previous one", what)
 
 
 def start_refresher():
     global _refresher
     if _refresher is None or _refresher.done():
-        _refresher = asyncio.get_running_loop().create_task(_refresh_forever(), name="clood-snapshot")
+        _refresher = asyncio.get_running_loop().create_task(refresh_forever(refresh), name="clood-snapshot")
     return _refresher

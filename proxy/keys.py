@@ -8,7 +8,6 @@ that interval. Limits are counted in this process (several processes: issue 7 ma
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,10 +22,9 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from hosts.names import normalize_model_name
+from hosts.snapshot import refresh_forever
 from proxy.errors import ApiError
 from proxy.models import ApiKey
-
-log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0  # the requests-per-minute window
 
@@ -88,19 +86,9 @@ async def table():
     if _table.loaded_at == 0.0:
         await refresh()
     if _refresher is None or _refresher.done():
-        _refresher = asyncio.get_running_loop().create_task(_refresh_forever(), name="clood-api-keys")
+        refresher = refresh_forever(refresh, "the API keys")
+        _refresher = asyncio.get_running_loop().create_task(refresher, name="clood-api-keys")
     return _table
-
-
-async def _refresh_forever():
-    while True:
-        await asyncio.sleep(settings.CLOOD_SNAPSHOT_REFRESH)
-        try:
-            await refresh()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("could not refresh the API keys; keeping the previous ones")
 
 
 async def identify(scope):
