@@ -20,7 +20,7 @@ from django.conf import settings
 
 from atc.events import apublish, publish
 from hosts import snapshot
-from proxy import keys, records
+from proxy import keys, metrics, records
 from proxy.endpoints import ENDPOINTS, parse, prompt_preview, upstream_body
 from proxy.errors import ApiError, in_band_error
 from proxy.relay import UpstreamError, relay
@@ -341,6 +341,7 @@ class RelayConsumer(ApiConsumer):
 
     def _record(self, *, outcome, status, error="", host="", attempts=(), **fields):
         parsed = getattr(self, "parsed", None)
+        metrics.request_recorded(self.endpoint.name, self.decision, host, outcome, fields)
         records.add(
             request_id=self.request_id,
             decision_id=self.decision.id if self.decision else "",

@@ -354,6 +354,8 @@ def build_spec():
         "/status": _answer("status", "Hosts, slots, queue and counters", "Status", "clood"),
         "/health": _answer("health", "The process is up", "Health", "clood"),
         "/ready": ready,
+        "/metrics": {"get": _operation("metrics", "Prometheus metrics (docs/metrics.md)", "clood",
+                                       {"text/plain": {"schema": {"type": "string"}}})},
         "/openapi.json": _answer("openapi", "This description", "object", "clood"),
         **_catfight_paths(),
     }  # fmt: skip

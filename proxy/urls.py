@@ -5,6 +5,7 @@ from django.urls import path, re_path
 from proxy.catalog import CatalogConsumer, NotFoundConsumer
 from proxy.consumers import RelayConsumer
 from proxy.internals import internals_routes
+from proxy.metrics_consumer import MetricsConsumer
 from proxy.openapi import OpenApiConsumer
 
 
@@ -33,6 +34,7 @@ urlpatterns = [
     _answer("status", "status"),
     _answer("health", "health"),
     _answer("ready", "ready"),
+    path("metrics", MetricsConsumer.as_asgi()),
     *internals_routes(),
     path("openapi.json", OpenApiConsumer.as_asgi()),
     re_path(r"^v1/", NotFoundConsumer.as_asgi(flavour="openai")),
