@@ -1,7 +1,8 @@
-"""ASGI entry point: `daphne clood_site.asgi:application` (and `manage.py runserver`) serve this.
+"""ASGI entry point: `python -m clood_site.serve clood_site.asgi:application` (daphne with clood's request limits,
+what `./clood run` starts) and `manage.py runserver` serve this.
 
-HTTP to /v1/…, /api/…, /status, /health and /ready goes to the proxy's consumers (proxy/urls.py); the rest to
-Django (admin, ATC pages, static files). Websockets go to ATC (`/ws/atc/`: staff session, origin checked).
+HTTP to /v1/…, /api/…, /status, /health, /ready, /metrics and /openapi.json goes to the proxy's consumers
+(proxy/urls.py); the rest to Django (admin, ATC pages, static files). Websockets go to ATC (`/ws/atc/`: staff session, origin checked).
 
 Background work (routing snapshot, ATC ticks, and the host monitor unless CLOOD_RUN_MONITOR is off) starts with the
 server's event loop: daphne has no ASGI lifespan, so it is started when the Twisted reactor runs; servers that speak
