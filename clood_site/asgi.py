@@ -2,7 +2,8 @@
 what `./clood run` starts) and `manage.py runserver` serve this.
 
 HTTP to /v1/…, /api/…, /status, /health, /ready, /metrics and /openapi.json goes to the proxy's consumers
-(proxy/urls.py); the rest to Django (admin, ATC pages, static files). Websockets go to ATC (`/ws/atc/`: staff session, origin checked).
+(proxy/urls.py); the rest to Django (admin, ATC pages, static files). Websockets go to ATC (`/ws/atc/`: staff
+session, origin checked).
 
 Background work (routing snapshot, ATC ticks, and the host monitor unless CLOOD_RUN_MONITOR is off) starts with the
 server's event loop: daphne has no ASGI lifespan, so it is started when the Twisted reactor runs; servers that speak
