@@ -22,6 +22,8 @@ def validate_base_url(value):
         raise ValidationError("Enter a valid URL starting with http:// or https://, e.g. http://192.168.1.20:11434.")
     if any(ch.isspace() for ch in value.strip()) or not _HOSTNAME.match(parts.hostname):
         raise ValidationError("Enter a valid URL: the host name has characters a URL cannot have.")
+    if parts.username is not None or parts.password is not None:  # it would show wherever the URL is shown
+        raise ValidationError("A base URL cannot carry a user name or password: put the key in the API key field.")
     if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ValidationError("A base URL has no query string or fragment.")
     if port == 0:

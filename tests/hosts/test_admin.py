@@ -89,6 +89,7 @@ def test_api_key_is_write_only(admin_client):
         ("base_url", "http://host:99999", "Enter a valid URL"),
         ("base_url", "http://bad host:1", "Enter a valid URL"),
         ("base_url", "http://host:11434/?x=1", "no query string"),
+        ("base_url", "http://admin:sk-url-secret@host:11434", "cannot carry a user name or password"),
         ("name", "has spaces", "Enter a valid “slug”"),
         ("max_concurrency", "0", "greater than or equal to 1"),
     ],
