@@ -10,9 +10,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from clood_site.db import in_db_thread
 from hosts.models import Host, HostModel, status_label
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def build():
 
 async def refresh():
     global _current
-    _current = await sync_to_async(build, thread_sensitive=False)()
+    _current = await in_db_thread(build)()
     return _current
 
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import import_module
 
-from asgiref.sync import sync_to_async
 from channels.auth import get_user
 from django.conf import settings
 from django.http.cookie import parse_cookie
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
+from clood_site.db import in_db_thread
 from hosts.names import normalize_model_name
 from hosts.snapshot import refresh_forever
 from proxy.errors import ApiError
@@ -76,7 +76,7 @@ def load():
 
 async def refresh():
     global _table
-    _table = await sync_to_async(load, thread_sensitive=False)()
+    _table = await in_db_thread(load)()
     return _table
 
 

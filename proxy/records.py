@@ -3,9 +3,10 @@
 import asyncio
 import logging
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 
+from clood_site.db import in_db_thread
 from proxy.models import ApiKey, RequestLog
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ async def flush():
         return 0
     rows, _pending = _pending, []
     try:
-        await sync_to_async(_write, thread_sensitive=False)(rows)
+        await in_db_thread(_write)(rows)
     except Exception:
         log.exception("could not write %d request log rows", len(rows))
         return 0
@@ -35,7 +36,16 @@ async def flush():
 
 
 def _write(rows):
-    RequestLog.objects.bulk_create([RequestLog(**fields) for fields in rows], batch_size=500)
+    # SQLite keeps every distinct statement a connection has run, and an INSERT of n rows is a new statement for
+    # each n: batches of 32, 16, 8, 4, 2 and 1 rows keep that to six statements (measured: ~2.5 MiB less per
+    # connection than arbitrary sizes). One transaction for the whole flush.
+    objs = [RequestLog(**fields) for fields in rows]
+    with transaction.atomic():
+        start = 0
+        while start < len(objs):
+            size = 1 << min(5, (len(objs) - start).bit_length() - 1)
+            RequestLog.objects.bulk_create(objs[start : start + size])
+            start += size
     last_used = {}
     for fields in rows:
         key_id = fields.get("api_key_id")
