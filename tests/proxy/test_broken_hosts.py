@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -349,6 +350,27 @@ def test_100_mb_line_is_relayed_exactly_and_costs_clood_no_memory(garden, baseli
     row = garden.log_for(headers["x-clood-request-id"])
     assert (row["outcome"], row["host"], row["completion_tokens"]) == ("ok", "broken", 4)
     assert_circuit_untouched(garden, errors_before)
+    assert_settled(garden, baseline)
+
+
+def test_a_slow_reader_holds_the_host_back_instead_of_filling_clood_memory(garden, baseline):
+    # Without flow control (clood_site/serve.py) daphne takes all the host sends and keeps what the client has not
+    # read yet: here most of a 100 MB line within a second or two.
+    break_host(garden, "huge-line", fail_after_tokens=2)
+    body = json.dumps({**CHAT, "stream": True, "max_tokens": 4}).encode()
+    host, port = garden.url.removeprefix("http://").split(":")
+    resident, peak, read = garden.process.memory_info().rss, 0, 0
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.connect((host, int(port)))
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+        for _ in range(40):  # about 2.5 MB over 2 s: far slower than the host sends
+            read += len(client.recv(64 * 1024))
+            peak = max(peak, garden.process.memory_info().rss)
+            time.sleep(0.05)
+    assert read > 0
+    assert peak - resident < MEMORY_BOUND // 2, f"clood grew by {(peak - resident) / 2**20:.0f} MB"
     assert_settled(garden, baseline)
 
 
