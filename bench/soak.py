@@ -34,6 +34,7 @@ from proxy_bench import (
     PYTHON,
     ROOT,
     Processes,
+    _terminate,
     clood_log_summary,
     cpu_seconds,
     free_port,
@@ -627,10 +628,6 @@ def parse_args(argv=None):
     if not 0 <= args.fail_rate <= 1:
         parser.error("--fail-rate must be from 0 to 1")
     return args
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None):

@@ -106,7 +106,7 @@ async def relay(host, method, path, body, sink, telemetry, *, first_byte_timeout
     """Send one request to `host` and relay the answer into `sink` (start/body/end). Raises UpstreamError
     for failures before anything reached the client; returns a RelayResult once something did."""
     session = upstream_session()
-    response = None
+    response = answer = None
     try:
         async with asyncio.timeout(first_byte_timeout):
             response = await session.request(method, host.base_url + path, data=body, headers=upstream_headers(host))
@@ -117,22 +117,12 @@ async def relay(host, method, path, body, sink, telemetry, *, first_byte_timeout
                 raise UpstreamError(f"{host.name} answered HTTP {response.status} with an HTML page, not the API",
                                     status=response.status)  # fmt: skip
             first = await response.content.read(HOLD_BYTES)
-    except TimeoutError:
-        _close(response)
-        raise UpstreamError(f"{host.name} sent nothing within {first_byte_timeout:g} s", timeout=True) from None
-    except aiohttp.ClientError as exc:
-        _close(response)
-        raise UpstreamError(f"{host.name}: {describe_client_error(exc)}") from None
-    except BaseException:
-        _close(response)
-        raise
-
-    answer = _Answer(host, response, telemetry, idle_timeout)
-    try:
+        answer = _Answer(host, response, telemetry, idle_timeout)
         await answer.hold(first)
     except TimeoutError:
         _close(response)
-        raise UpstreamError(answer.no_progress(), timeout=True) from None
+        silent = f"{host.name} sent nothing within {first_byte_timeout:g} s"
+        raise UpstreamError(answer.no_progress() if answer else silent, timeout=True) from None
     except aiohttp.ClientError as exc:
         _close(response)
         raise UpstreamError(f"{host.name}: {describe_client_error(exc)}") from None
