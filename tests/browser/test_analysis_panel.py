@@ -102,7 +102,7 @@ def test_panel_follows_a_catfight_then_keeps_its_ranking(dashboard, browser_gard
     dashboard.set_viewport_size({"width": 1280, "height": 900})
     expect(panel).to_be_visible()
     # The charts re-size after the viewport does: wait for the layout to settle, then it must not scroll sideways.
-    dashboard.wait_for_function("document.documentElement.scrollWidth <= 1280", timeout=WAIT)
+    dashboard.wait_for_function("() => document.documentElement.scrollWidth <= 1280", timeout=WAIT)
     screenshot(dashboard, "analysis-1280")
 
     dashboard.click("#fight-close")

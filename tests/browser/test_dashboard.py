@@ -253,5 +253,5 @@ def test_dashboard_fits_a_1280_wide_screen(dashboard, slow_alpha, streamed_reque
     request = streamed_request("narrow screen")
     expect(dashboard.locator(f"#flights-body tr[data-id='{request.id}']")).to_have_count(1, timeout=WAIT)
     # The charts re-size after the viewport does: wait for the layout to settle, then it must not scroll sideways.
-    dashboard.wait_for_function("document.documentElement.scrollWidth <= 1280", timeout=WAIT)
+    dashboard.wait_for_function("() => document.documentElement.scrollWidth <= 1280", timeout=WAIT)
     screenshot(dashboard, "dashboard-1280")
