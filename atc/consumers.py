@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from atc import events
+from atc import events, stream
 from atc.live import build_snapshot
 
 CLOSE_UNAUTHORIZED = 4401
@@ -32,12 +32,13 @@ class AtcConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
         await self.accept()
+        stream.start()
         if not (settings.CLOOD_ATC_PUBLIC or (user is not None and user.is_active and user.is_staff)):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
         self.acked_seq = None  # None: this client does not acknowledge
         self.acked_at = time.monotonic()
-        self.tick_seq = 0
+        self.tick_sent = events.latest_tick  # the snapshot already says what it says
         since = _since(self.scope.get("query_string", b""))
         resumed = events.events_after(since) if since is not None else None
         if resumed is not None:
@@ -63,20 +64,21 @@ class AtcConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_batches(self):
         while True:
-            if events.newest_seq() <= max(self.last_seq, self.tick_seq):
+            if events.last_seq() <= self.last_seq and events.latest_tick is self.tick_sent:
                 await events.news()
             await asyncio.sleep(BATCH_SECONDS)
             kept = events.kept_after(self.last_seq)
             if kept is None:  # this connection fell behind what is kept: start it afresh
                 await self.send_snapshot()
                 continue
+            if kept:
+                self.last_seq = max(self.last_seq, kept[-1].seq)
             tick = events.latest_tick
-            if tick is not None and tick.seq > max(self.tick_seq, self.last_seq):
-                kept = sorted([*kept, tick], key=lambda k: k.seq)
-                self.tick_seq = tick.seq
+            if tick is not None and tick is not self.tick_sent:
+                kept = [*kept, tick]  # ticks are not in the sequence: the newest one goes last
+                self.tick_sent = tick
             if not kept:
                 continue
-            self.last_seq = max(self.last_seq, kept[-1].seq)
             await self.send(text_data='{"type":"batch","events":[' + ",".join(k.text for k in kept) + "]}")
             if self._too_far_behind():
                 await self.close(code=CLOSE_TOO_SLOW)

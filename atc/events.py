@@ -1,14 +1,18 @@
 """The event bus helper: publish an ATC event (DESIGN §6).
 
 Every event is kept in this process's buffer of recent events, which the ATC consumers read in batches (so the
-cost of a dashboard does not grow with the request rate), and is sent to the channel-layer group `atc` for any
-other listener. Publishing never blocks and never raises into the caller: the send runs as a task of the running
-loop, and a failing channel layer is logged (once per failure streak), not propagated.
+cost of a dashboard does not grow with the request rate). Publishing never blocks and never raises into the caller.
+
+One process (no REDIS_URL): an event gets its seq here, is kept at once, and is also sent to the channel-layer group
+`atc` for any other listener. Several processes (REDIS_URL): an event goes to the Redis stream of atc/stream.py,
+which gives it a seq for the whole cluster; every process reads the stream back into its buffer, so each dashboard
+sees every process's events, in one order, once. While Redis is down, events are kept per process as without it.
+
+Ticks are not in the sequence: a tick carries the seq of the newest event before it and only its newest one matters.
 """
 
 import asyncio
 import collections
-import itertools
 import json
 import logging
 import time
@@ -22,7 +26,6 @@ log = logging.getLogger(__name__)
 GROUP = "atc"
 MESSAGE_TYPE = "atc.event"
 
-_sequence = itertools.count(1)
 _pending = set()  # strong references to in-flight sends, so they are not garbage-collected mid-way
 _failing = False
 
@@ -51,21 +54,40 @@ _evicted_up_to = 0  # seq of the newest event pushed out of `recent`
 _news = set()  # futures of readers waiting for the next event
 
 
-def make_event(event_type, data):
-    global latest_tick, _evicted_up_to
-    event = {"type": event_type, "ts": time.time(), "seq": next(_sequence), "data": data}
+def make_event(event_type, data, sync=False):
+    """Make an event and keep it (or hand it to the shared stream, which keeps it when Redis gives it back)."""
+    global latest_tick
+    event = {"type": event_type, "ts": time.time(), "seq": None, "data": data}
     if event_type == "tick":
+        event["seq"] = last_seq()
         latest_tick = Kept(event)
+        _wake_readers()
+    elif stream.active():
+        stream.send(event, sync=sync)
     else:
-        if len(recent) == recent.maxlen:
-            _evicted_up_to = recent[0].seq
-        recent.append(Kept(event))
+        event["seq"] = max(last_seq(), _evicted_up_to) + 1
+        keep(event)
+    return event
+
+
+def keep(event):
+    """Add an event with its seq to the buffer; one not newer than the newest kept is dropped (seen already)."""
+    global _evicted_up_to
+    if event["seq"] <= last_seq():
+        return False
+    if len(recent) == recent.maxlen:
+        _evicted_up_to = recent[0].seq
+    recent.append(Kept(event))
+    _wake_readers()
+    return True
+
+
+def _wake_readers():
     if _news:
         for future in _news:
             if not future.done():
                 future.set_result(None)
         _news.clear()
-    return event
 
 
 def last_seq():
@@ -73,14 +95,9 @@ def last_seq():
     return recent[-1].seq if recent else 0
 
 
-def newest_seq():
-    """The seq of the newest event, ticks included."""
-    return max(last_seq(), latest_tick.seq if latest_tick else 0)
-
-
 def kept_after(seq):
     """Kept events newer than `seq`, or None when some of them are gone (the reader needs a snapshot)."""
-    if seq < _evicted_up_to or seq > newest_seq():  # gone, or from before this process started
+    if seq < _evicted_up_to or seq > last_seq():  # gone, or from a sequence this process never had
         return None
     if not recent or recent[-1].seq <= seq:
         return []
@@ -105,16 +122,21 @@ async def news():
 async def apublish(event_type, **data):
     """Publish from async code: returns at once; the send happens in the background."""
     event = make_event(event_type, data)
-    _schedule(asyncio.get_running_loop(), event)
+    if not stream.active():
+        _schedule(asyncio.get_running_loop(), event)
     return event
 
 
 def publish(event_type, **data):
     """Publish from sync code (management commands, admin actions). Never raises."""
-    event = make_event(event_type, data)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
+        loop = None
+    event = make_event(event_type, data, sync=loop is None)
+    if stream.active():
+        return event
+    if loop is None:
         async_to_sync(_send)(event)
     else:  # called from sync code inside a running loop: schedule, don't block it
         _schedule(loop, event)
@@ -142,3 +164,6 @@ async def _send(event):
         _failing = True
     else:
         _failing = False
+
+
+from atc import stream  # noqa: E402 - stream calls back into keep()

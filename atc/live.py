@@ -10,6 +10,7 @@ import time
 from atc import events
 from hosts import snapshot
 from hosts.snapshot import model_as_dict
+from proxy.cluster import board
 from proxy.state import live_view
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def counters(garden, live, per_second=None):
 
 async def build_snapshot(public=False, recent_limit=200):
     garden = await snapshot.ensure_fresh()
-    live = live_view()
+    live = board.merged(live_view())
     differing = _differing_digests(garden)
     seq = events.last_seq()
     return {
@@ -89,10 +90,13 @@ async def build_snapshot(public=False, recent_limit=200):
     }
 
 
-def tick_data():
-    """One second's worth of change: rates, tokens so far of each request, per-host slot use and speed."""
+def tick_data(live=None):
+    """One second's worth of change: rates, tokens so far of each request, per-host slot use and speed.
+
+    `live` is the proxy's live view, of the whole cluster when several processes share Redis (proxy.cluster.board).
+    """
     garden = snapshot.current()
-    live = live_view()
+    live = live or live_view()
     now = time.monotonic()
     elapsed = max(1e-3, now - _previous["at"]) if _previous["at"] else 1.0
     in_flight_tokens = live["in_flight_tokens"]
@@ -130,7 +134,7 @@ async def _tick_forever():
     while True:
         await asyncio.sleep(1.0)
         try:
-            await events.apublish("tick", **tick_data())
+            await events.apublish("tick", **tick_data(await board.share(live_view())))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -30,7 +30,9 @@ from django.urls import re_path  # noqa: E402
 from atc.events import publish  # noqa: E402
 from atc.live import start_ticker  # noqa: E402
 from atc.routing import websocket_urlpatterns  # noqa: E402
+from atc.stream import start as start_events_stream  # noqa: E402
 from hosts import snapshot  # noqa: E402
+from hosts.monitor import let_go as let_go_of_monitor  # noqa: E402
 from hosts.monitor import start_in_background as start_monitor  # noqa: E402
 from proxy import records  # noqa: E402
 from proxy.relay import close_session  # noqa: E402
@@ -38,9 +40,11 @@ from proxy.urls import urlpatterns as api_routes  # noqa: E402
 
 
 def start_background():
-    """Per-process background work: the routing snapshot refresher, ATC's ticks, and the host monitor unless off."""
+    """Per-process background work: the routing snapshot refresher, ATC's ticks (and, with REDIS_URL, its share of
+    the cluster's events), and the host monitor unless off."""
     snapshot.start_refresher()
     start_ticker()
+    start_events_stream()
     if settings.CLOOD_RUN_MONITOR:
         start_monitor()
     publish("proxy_started", pid=os.getpid(), monitor=settings.CLOOD_RUN_MONITOR)
@@ -50,6 +54,7 @@ async def stop_background():
     """Before the process exits: write the request log rows still waiting for their batch, close upstream
     connections."""
     await records.flush()
+    await let_go_of_monitor()
     await close_session()
 
 

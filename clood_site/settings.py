@@ -80,9 +80,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Several processes (docs/deployment.md): REDIS_URL shares slots, queue, key limits, ATC events and the monitor lock
+# between them (clood_site/shared.py), under keys starting with CLOOD_REDIS_PREFIX.
 REDIS_URL = env.str("REDIS_URL", default="")
+CLOOD_REDIS_PREFIX = env.str("CLOOD_REDIS_PREFIX", default="clood:")
+CLOOD_SLOT_LEASE_SECONDS = env.float("CLOOD_SLOT_LEASE_SECONDS", default=10.0)  # a dead process's slots free after
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CLOOD_REDIS_PREFIX + "asgi"},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "atc.layers.EventLayer"}}
 

@@ -4,6 +4,11 @@ One dead address never stalls the others: each host has its own deadline (hosts.
 `UPDATE … WHERE pk` on the health fields only, so an admin edit made during a check is never overwritten, and a host
 removed while being checked is simply skipped. Every check publishes `host_status`; a changed inventory publishes
 `inventory_changed` (DESIGN §6).
+
+With several processes (REDIS_URL), one of them monitors for the cluster: the one holding the lock `monitor` in
+Redis, which it renews; the others read its results from the database through their routing snapshot. A lock
+left by a process that died expires within two thirds of an interval, and another process takes over. While Redis
+is down every process monitors (the writes above make that harmless).
 """
 
 import asyncio
@@ -16,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from atc.events import apublish
+from clood_site import shared
 from hosts.backends import HostTarget, check_host, make_client
 from hosts.models import Host, HostModel
 from hosts.snapshot import model_as_dict
@@ -204,9 +210,67 @@ async def run_forever(interval=None):
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+# ARGV: lock key, this process, lock ms. Takes the lock when free, renews it when ours; 1 when we hold it.
+LEAD = """
+local holder = redis.call('GET', ARGV[1])
+if holder == ARGV[2] then redis.call('PEXPIRE', ARGV[1], ARGV[3]) return 1 end
+if holder == false then redis.call('SET', ARGV[1], ARGV[2], 'PX', ARGV[3]) return 1 end
+return 0
+"""
+# ARGV: lock key, this process. Lets go of the lock (when stopping), so another process takes over at once.
+LET_GO = "if redis.call('GET', ARGV[1]) == ARGV[2] then return redis.call('DEL', ARGV[1]) end return 0"
+
+monitoring_here = False  # this process runs the monitor now (for /status)
+
+
+async def lead_forever(interval=None):
+    """Run the monitor while this process holds the cluster's monitor lock (or while Redis is down)."""
+    global monitoring_here
+    interval = interval or settings.CLOOD_MONITOR_INTERVAL
+    lock_ms = int(max(1.0, interval * 2 / 3) * 1000)
+    monitor = None
+    try:
+        while True:
+            try:
+                lead = bool(await shared.client().eval(LEAD, 0, shared.key("monitor"), shared.PROCESS_ID, lock_ms))
+            except shared.redis_errors() as error:
+                shared.went_down(error, "taking the monitor lock")
+                lead = True  # nobody can coordinate: monitor here rather than nowhere
+            if lead and (monitor is None or monitor.done()):
+                log.info("this process monitors the hosts (%s)", "Redis is down" if not shared.available() else
+                         "it holds the monitor lock")  # fmt: skip
+                monitor = asyncio.get_running_loop().create_task(run_forever(interval), name="clood-host-checks")
+            elif not lead and monitor is not None:
+                log.info("another process holds the monitor lock: this one stops monitoring")
+                monitor.cancel()
+                monitor = None
+            monitoring_here = lead
+            await asyncio.sleep(lock_ms / 3000)
+    finally:
+        monitoring_here = False
+        if monitor is not None:
+            monitor.cancel()
+
+
+async def let_go():
+    """Give up the monitor lock (the process is stopping)."""
+    if _background_task is None or not shared.available():
+        return
+    _background_task.cancel()
+    try:
+        await shared.client().eval(LET_GO, 0, shared.key("monitor"), shared.PROCESS_ID)
+    except shared.redis_errors():
+        pass  # it expires by itself
+
+
 def start_in_background():
-    """Start the monitor as a task of the running event loop, once per process (the server calls this)."""
-    global _background_task
+    """Start the monitor (or, with REDIS_URL, the contest for it) as a task of the running loop, once per process."""
+    global _background_task, monitoring_here
     if _background_task is None or _background_task.done():
-        _background_task = asyncio.get_running_loop().create_task(run_forever(), name="clood-host-monitor")
+        if shared.enabled():
+            work = lead_forever()
+        else:
+            work = run_forever()
+            monitoring_here = True
+        _background_task = asyncio.get_running_loop().create_task(work, name="clood-host-monitor")
     return _background_task

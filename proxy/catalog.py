@@ -5,7 +5,8 @@ import time
 
 from django.conf import settings
 
-from hosts import snapshot
+from clood_site import shared
+from hosts import monitor, snapshot
 from hosts.names import model_name_problem, normalize_model_name
 from proxy.consumers import ApiConsumer
 from proxy.errors import ApiError
@@ -113,6 +114,12 @@ class CatalogConsumer(ApiConsumer):
         body = {"ready": bool(usable), "usable_hosts": usable}
         if not usable:
             body["reason"] = "no host is enabled, online and healthy"
+        redis = shared.status()
+        if redis is not None:
+            body["redis"] = redis
+            if not redis["ok"]:  # still serving: a warning, not a reason to take this process out of rotation
+                body["warnings"] = ["Redis is unavailable: slots, queue, key limits and ATC events hold per process "
+                                    "until it is back"]  # fmt: skip
         await self.send_json(body, status=200 if usable else 503)
 
     async def answer_status(self, garden):
@@ -148,6 +155,11 @@ class CatalogConsumer(ApiConsumer):
                 "in_flight": sum(admission.in_flight.values()),
                 "queued": admission.queued,
                 "hosts": hosts,
+                "cluster": {
+                    "redis": shared.status(),
+                    "process": shared.PROCESS_ID,
+                    "monitoring_here": monitor.monitoring_here,
+                },
             }
         )
 

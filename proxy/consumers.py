@@ -158,8 +158,7 @@ class RelayConsumer(ApiConsumer):
         try:
             self.parsed = parsed = parse(self.endpoint, body)
             keys.check_model(self.key, parsed.model, parsed.model_key)
-            if self.key is not None:
-                keys.limits.acquire(self.key)
+            key_token = await keys.limits.acquire(self.key) if self.key is not None else None
         except ApiError as error:
             self._record(outcome="rejected", status=error.status, error=error.message)
             raise
@@ -167,7 +166,7 @@ class RelayConsumer(ApiConsumer):
             await self._route_and_relay(body, parsed)
         finally:
             if self.key is not None:
-                keys.limits.release(self.key)
+                keys.limits.release(self.key, key_token)
 
     async def _route_and_relay(self, body, parsed):
         self.prompt = prompt_preview(parsed.payload, settings.CLOOD_EVENT_PROMPT_CHARS)

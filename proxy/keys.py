@@ -23,6 +23,7 @@ from django.utils.crypto import constant_time_compare
 from clood_site.db import in_db_thread
 from hosts.names import normalize_model_name
 from hosts.snapshot import refresh_forever
+from proxy.cluster import SharedKeyLimits
 from proxy.errors import ApiError
 from proxy.models import ApiKey
 
@@ -192,4 +193,4 @@ class KeyLimits:
             self.active.pop(key.id, None)
 
 
-limits = KeyLimits()
+limits = SharedKeyLimits(KeyLimits())

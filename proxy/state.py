@@ -1,12 +1,14 @@
-"""The proxy's per-process live state: slots and queue (admission), what it has seen of each host (stats), and the
-requests in flight or waiting right now (for ATC's snapshot and ticks)."""
+"""The proxy's live state: slots and queue (admission: shared through Redis when REDIS_URL is set, proxy/cluster.py),
+and, per process, what it has seen of each host (stats) and the requests in flight or waiting (ATC's snapshot and
+ticks)."""
 
 import time
 
+from proxy.cluster import SharedAdmission
 from proxy.queue import Admission
 from proxy.stats import LiveStats
 
-admission = Admission()
+admission = SharedAdmission(Admission())
 stats = LiveStats()
 
 # request id -> Flight (in flight) / dict (queued). Written only by proxy.consumers.

@@ -158,6 +158,26 @@ async def test_ticks_reach_the_page(staff):
     await communicator.disconnect()
 
 
+async def test_a_tick_between_events_neither_repeats_nor_skips_them(staff):
+    # A tick carries the seq of the newest event before it, not one of its own: the events after it in the same
+    # batch must still count as sent.
+    communicator = await connect(staff)
+    await communicator.receive_json_from(2)
+    first = await events.apublish("request_queued", id="r1")
+    tick = await events.apublish("tick", counters={"in_flight": 0}, in_flight=[], hosts=[])
+    assert tick["seq"] == first["seq"]
+    second = await events.apublish("request_queued", id="r2")
+    frame = await communicator.receive_json_from(3)
+    assert [(e["type"], e["seq"]) for e in frame["events"]] == [
+        ("request_queued", first["seq"]), ("request_queued", second["seq"]), ("tick", first["seq"])
+    ]  # fmt: skip
+    third = await events.apublish("request_queued", id="r3")
+    frame = await communicator.receive_json_from(3)
+    assert [(e["type"], e["data"].get("id")) for e in frame["events"]] == [("request_queued", "r3")]
+    assert frame["events"][0]["seq"] == third["seq"]
+    await communicator.disconnect()
+
+
 async def test_foreign_origin_is_rejected(staff):
     communicator = WebsocketCommunicator(application, "/ws/atc/", headers=[(b"origin", b"http://evil.example"),
                                                                             (b"host", b"127.0.0.1")])  # fmt: skip

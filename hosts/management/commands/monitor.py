@@ -1,11 +1,16 @@
-"""`manage.py monitor`: run the host monitor as its own process (set CLOOD_RUN_MONITOR=false on the servers)."""
+"""`manage.py monitor`: run the host monitor as its own process (set CLOOD_RUN_MONITOR=false on the servers).
+
+With REDIS_URL it takes part in the contest for the cluster's monitor lock like a server would, so two of them (one
+per machine, for failover) never check the hosts twice.
+"""
 
 import asyncio
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from hosts.monitor import check_hosts, run_forever
+from clood_site import shared
+from hosts.monitor import check_hosts, lead_forever, run_forever
 
 
 class Command(BaseCommand):
@@ -22,6 +27,6 @@ class Command(BaseCommand):
                 self.stdout.write(f"{name}: {status}")
             return
         try:
-            asyncio.run(run_forever(interval))
+            asyncio.run(lead_forever(interval) if shared.enabled() else run_forever(interval))
         except KeyboardInterrupt:
             pass

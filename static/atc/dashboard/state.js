@@ -56,13 +56,16 @@ export function loadSnapshotState(message) {
   state.public = Boolean(data.public);
 }
 
-/** Takes an event's seq if it is newer than any applied; false means the page has seen it (dedup by seq). */
+/** Takes an event's seq if it is newer than any applied; false means the page has seen it (dedup by seq).
+ * A tick is not in the sequence (it carries the seq of the newest event before it): the newest tick always applies. */
 export function takeSeq(event, live) {
-  if (!event || typeof event.seq !== "number" || event.seq <= state.lastSeq) return false;
-  state.lastSeq = event.seq;
-  if (live && event.type === "tick" && typeof event.ts === "number") {
-    state.clockOffset = event.ts - Date.now() / 1000;
+  if (!event || typeof event.seq !== "number") return false;
+  if (event.type === "tick") {
+    if (live && typeof event.ts === "number") state.clockOffset = event.ts - Date.now() / 1000;
+    return true;
   }
+  if (event.seq <= state.lastSeq) return false;
+  state.lastSeq = event.seq;
   return true;
 }
 
