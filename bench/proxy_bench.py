@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import json
 import math
 import os
@@ -43,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CLOOD_SERVER = [PYTHON, "-m", "clood_site.serve"]  # daphne with clood's request limits, as `./clood run` starts it
 MODEL = "bench:1b"
+HOST_SLOTS = 2000  # max_concurrency of every simulated host: never the bottleneck
+CLOOD_ENV = {"CLOOD_QUEUE_MAX": 5000, "CLOOD_LOG_LEVEL": "WARNING", "CLOOD_MONITOR_INTERVAL": 5}  # the rest: defaults
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REQUEST_TIMEOUT = 120.0  # one request or stream gives up after this (s)
@@ -93,6 +96,7 @@ class Processes:
     def __init__(self, workdir):
         self.workdir = workdir
         self.started = {}  # name -> (Popen, log path)
+        self.stopped = set()  # names stopped on purpose before the end
 
     def start(self, name, argv, env):
         path = self.workdir / f"{name}.log"
@@ -109,16 +113,26 @@ class Processes:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(path)}")
 
+    def running(self):
+        """The names of the processes started and not stopped on purpose."""
+        return [name for name in self.started if name not in self.stopped]
+
+    def stop(self, name):
+        """Stop one process: SIGTERM, then SIGKILL after 10 s."""
+        proc, _path = self.started[name]
+        self.stopped.add(name)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log(f"{name} did not stop on SIGTERM; killing it")
+                proc.kill()
+                proc.wait(timeout=10)
+
     def stop_all(self):
-        for name, (proc, _path) in reversed(list(self.started.items())):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    log(f"{name} did not stop on SIGTERM; killing it")
-                    proc.kill()
-                    proc.wait(timeout=10)
+        for name in reversed(list(self.started)):
+            self.stop(name)
 
 
 ACCESS_LOG_LINE = re.compile(r'^\S+ - - \[[^]]*\] "[A-Z]+ [^"]*" \d{3} \d+$')  # daphne's per-request line
@@ -171,44 +185,66 @@ def manage(env, *args):
     return result.stdout
 
 
-def start_stack(procs, workdir):
-    """Start the simulated host and clood; return (sim url, clood url, daphne pid, sim pid)."""
-    sim_port, clood_port = free_port(), free_port()
-    sim_url, clood_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{clood_port}"
+def bench_env(var_dir):
+    """clood's environment for a bench: a fresh CLOOD_VAR_DIR, SQLite (DATABASE_URL and REDIS_URL removed), a queue
+    large enough for the load, warnings only in the log."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG")}
     env.update(
-        CLOOD_VAR_DIR=str(workdir / "var"),
-        CLOOD_QUEUE_MAX="5000",
-        CLOOD_LOG_LEVEL="WARNING",
-        CLOOD_MONITOR_INTERVAL="5",
+        CLOOD_VAR_DIR=str(var_dir),
+        **{name: str(value) for name, value in CLOOD_ENV.items()},
         CLOOD_ADMIN_PASSWORD=secrets.token_urlsafe(16),  # so bootstrap prints no generated password
-        CLOOD_DEFAULT_HOSTS=f"sim={sim_url}",  # bootstrap registers the sim, not localhost:11434
+        CLOOD_DEFAULT_HOSTS="",  # bootstrap registers no localhost:11434; set_up_clood adds the sims
         CLOOD_ATC_PUBLIC="true",  # --dashboards connect without a login
         DEBUG="false",
         PYTHONUNBUFFERED="1",
     )
-    (workdir / "var").mkdir()
+    Path(var_dir).mkdir(parents=True, exist_ok=True)
+    return env
 
-    log(f"starting simulated host on {sim_url}")
-    sim_argv = [PYTHON, "manage.py", "simhost", "--port", str(sim_port), "--models", MODEL, "--loaded", MODEL,
-                "--tokens", "64", "--ttft", "0", "--tps", "0"]  # fmt: skip
-    sim = procs.start("simhost", sim_argv, env)
-    wait_until("the simulated host", lambda: http_json(f"{sim_url}/_sim/config") is not None, procs, ["simhost"])
 
+def start_sim(procs, env, name="simhost"):
+    """Start a simulated host holding MODEL (loaded, unpaced 64-token replies); return its url and process."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log(f"starting simulated host on {url}")
+    argv = [PYTHON, "manage.py", "simhost", "--port", str(port), "--models", MODEL, "--loaded", MODEL,
+            "--tokens", "64", "--ttft", "0", "--tps", "0"]  # fmt: skip
+    sim = procs.start(name, argv, env)
+    wait_until("the simulated host", lambda: http_json(f"{url}/_sim/config") is not None, procs, [name])
+    return url, sim
+
+
+def set_up_clood(env, sim_urls):
+    """Create clood's tables and admin, and register the sims with slots enough never to be the bottleneck."""
     log("setting up clood (migrate, bootstrap, hosts add, hosts refresh)")
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "bootstrap")
-    manage(env, "hosts", "add", "sim", sim_url, "--max-concurrency", "2000")
+    for number, sim_url in enumerate(sim_urls):
+        manage(env, "hosts", "add", f"sim{number or ''}", sim_url, "--max-concurrency", str(HOST_SLOTS))
     manage(env, "hosts", "refresh")
 
-    log(f"starting clood (daphne) on {clood_url}")
-    command = [*CLOOD_SERVER, "-b", "127.0.0.1", "-p", str(clood_port), "clood_site.asgi:application"]
-    daphne = procs.start("daphne", command, env)
+
+def start_clood(procs, env, name="daphne"):
+    """Start one clood server (clood_site.serve) on a free port; return its url and process once it lists MODEL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log(f"starting clood ({name}) on {url}")
+    command = [*CLOOD_SERVER, "-b", "127.0.0.1", "-p", str(port), "clood_site.asgi:application"]
+    daphne = procs.start(name, command, env)
 
     def listed():
-        return any(m.get("id") == MODEL for m in http_json(f"{clood_url}/v1/models").get("data", []))
+        return any(m.get("id") == MODEL for m in http_json(f"{url}/v1/models").get("data", []))
 
-    wait_until(f"clood to list {MODEL}", listed, procs, ["simhost", "daphne"], timeout=90)
+    wait_until(f"clood to list {MODEL}", listed, procs, procs.running(), timeout=90)
+    return url, daphne
+
+
+def start_stack(procs, workdir):
+    """Start the simulated host and clood; return (sim url, clood url, daphne pid, sim pid)."""
+    env = bench_env(workdir / "var")
+    sim_url, sim = start_sim(procs, env)
+    set_up_clood(env, [sim_url])
+    clood_url, daphne = start_clood(procs, env)
     return sim_url, clood_url, daphne.pid, sim.pid
 
 
@@ -267,10 +303,10 @@ class CpuMeter:
     other processes on the machine, which this bench does not control)."""
 
     def __init__(self, pids):
-        self.pids = pids  # name -> pid
+        self.pids = pids  # name -> pid, or a function that returns CPU seconds used so far (a group of processes)
 
     def _read(self):
-        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        used = {name: pid() if callable(pid) else cpu_seconds(pid) for name, pid in self.pids.items()}
         used["machine"] = machine_busy_seconds()
         return time.perf_counter(), used
 
@@ -381,16 +417,18 @@ async def _finish(tasks, timeout=DRAIN_TIMEOUT):
     return len(pending)
 
 
-async def closed_loop(url, stream, concurrency, warmup, duration, meter):
-    """`concurrency` workers send requests back-to-back; answers finished inside the measured window count."""
+async def closed_loop(urls, stream, concurrency, warmup, duration, meter):
+    """`concurrency` workers send requests back-to-back, to each of `urls` in turn (round-robin across the workers);
+    answers finished inside the measured window count."""
     payload = chat_payload(stream)
     outcomes = []
+    turns = itertools.cycle(urls)
     async with new_session(concurrency) as session:
         stop_at = time.perf_counter() + warmup + duration
 
         async def worker():
             while time.perf_counter() < stop_at:
-                outcome = await one_request(session, url, payload, stream)
+                outcome = await one_request(session, next(turns), payload, stream)
                 outcomes.append(outcome)
                 if outcome.error:
                     await asyncio.sleep(0.01)  # a failing target must not turn into a busy loop
@@ -504,7 +542,7 @@ async def run_case(case, target, url, stack, args, control):
                 endpoint, case.concurrency, args.streams_per_worker, args.ramp, args.fixed_timeout, meter
             )
         else:
-            row = await closed_loop(endpoint, case.stream, case.concurrency, args.warmup, args.duration, meter)
+            row = await closed_loop([endpoint], case.stream, case.concurrency, args.warmup, args.duration, meter)
     stats = await sim_stats(control, sim_url)
     row.update(
         case=case.name,
@@ -778,6 +816,38 @@ def clood_log_summary(text, limit=10):
     return dict(sorted(counts.items(), key=lambda item: -item[1])[:limit])
 
 
+def run_started():
+    """When a run started, and on what: the first part of its report (see report_head)."""
+    return {"began": time.perf_counter(), "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine_facts()}  # fmt: skip
+
+
+def report_head(start, **settings):
+    """What every bench report begins with: when, how long, on what machine, with which settings."""
+    return {
+        "started_at": start["started_at"],
+        "elapsed_s": round(time.perf_counter() - start["began"], 1),
+        "machine": start["machine"],
+        "settings": {**settings, "clood_env": CLOOD_ENV, "host_max_concurrency": HOST_SLOTS},
+    }
+
+
+def run_async(coroutine):
+    """Run the load generator's coroutine on uvloop when installed."""
+    return (uvloop.run if uvloop else asyncio.run)(coroutine)
+
+
+def publish(table, report, path, markdown=False):
+    """The table to stdout, the figures as JSON to `path` (and the table beside it as .md, if asked)."""
+    print(table, flush=True)
+    write_json(report, path)
+    written = [path]
+    if markdown:
+        written.append(path.with_suffix(".md"))
+        written[-1].write_text(table + "\n")
+    log(f"wrote {' and '.join(str(p) for p in written)}")
+
+
 def write_json(report, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     ignore = path.parent / ".gitignore"
@@ -833,6 +903,32 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def bench_processes(prefix, keep_logs):
+    """A temporary directory and the `Processes` started in it. On the way out, however the run ends, every process
+    is stopped; a failed run shows the end of each log and keeps the directory, as does `keep_logs`."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes(workdir)
+    failed = False
+    try:
+        yield procs
+    except KeyboardInterrupt:
+        log("interrupted; stopping the processes the bench started")
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        procs.stop_all()
+        if failed:
+            for name, (_proc, path) in procs.started.items():
+                log(f"last lines of {name}'s log:\n{tail(path)}")
+        if keep_logs or failed:
+            log(f"logs and database kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -840,55 +936,29 @@ def main(argv=None):
     if hard == resource.RLIM_INFINITY or soft < hard:  # 1000 streams need ~3000 sockets across the processes
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
-    workdir = Path(tempfile.mkdtemp(prefix="clood-bench-"))
-    procs = Processes(workdir)
-    began = time.perf_counter()
-    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_facts()
-    failed, interrupted = True, False
+    start = run_started()
     try:
-        sim_url, clood_url, daphne_pid, sim_pid = start_stack(procs, workdir)
-        stack = {"sim_url": sim_url, "clood_url": clood_url, "daphne_pid": daphne_pid, "sim_pid": sim_pid}
-        runner = uvloop.run if uvloop else asyncio.run
-        rows, rss = runner(run_all(stack, args.cases, args))
-        for name in procs.started:
-            procs.check_alive(name)
-        add_deltas(rows)
-        report = {
-            "started_at": started_at,
-            "elapsed_s": round(time.perf_counter() - began, 1),
-            "machine": machine,
-            "settings": {
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "streams_per_worker": args.streams_per_worker,
-                "ramp": args.ramp,
-                "rss_requests": args.rss_requests,
-                "quick": args.quick,
-                "clood_env": {"CLOOD_QUEUE_MAX": 5000, "CLOOD_LOG_LEVEL": "WARNING", "CLOOD_MONITOR_INTERVAL": 5},
-                "host_max_concurrency": 2000,
-            },
-            "rows": rows,
-            "rss_check": rss,
-            "notes": notes_for(rows, tail(workdir / "daphne.log", 100000)),
-        }
-        print(render(report), flush=True)
-        write_json(report, args.json)
-        log(f"wrote {args.json}")
-        failed = False
+        with bench_processes("clood-bench-", args.keep_logs) as procs:
+            sim_url, clood_url, daphne_pid, sim_pid = start_stack(procs, procs.workdir)
+            stack = {"sim_url": sim_url, "clood_url": clood_url, "daphne_pid": daphne_pid, "sim_pid": sim_pid}
+            rows, rss = run_async(run_all(stack, args.cases, args))
+            for name in procs.started:
+                procs.check_alive(name)
+            add_deltas(rows)
+            report = report_head(
+                start,
+                duration=args.duration,
+                warmup=args.warmup,
+                streams_per_worker=args.streams_per_worker,
+                ramp=args.ramp,
+                rss_requests=args.rss_requests,
+                quick=args.quick,
+            )
+            report.update(rows=rows, rss_check=rss, notes=notes_for(rows, tail(procs.workdir / "daphne.log", 100000)))
+            publish(render(report), report, args.json)
     except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted; stopping the processes the bench started")
-    finally:
-        procs.stop_all()
-        if failed and not interrupted:
-            for name, (_proc, path) in procs.started.items():
-                log(f"last lines of {name}'s log:\n{tail(path)}")
-        if args.keep_logs or (failed and not interrupted):
-            log(f"logs and database kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if failed else 0
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
