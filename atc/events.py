@@ -6,7 +6,8 @@ cost of a dashboard does not grow with the request rate). Publishing never block
 One process (no REDIS_URL): an event gets its seq here, is kept at once, and is also sent to the channel-layer group
 `atc` for any other listener. Several processes (REDIS_URL): an event goes to the Redis stream of atc/stream.py,
 which gives it a seq for the whole cluster; every process reads the stream back into its buffer, so each dashboard
-sees every process's events, in one order, once. While Redis is down, events are kept per process as without it.
+sees every process's events, in one order, once. The dict `apublish` returns gets its seq then (until then it is
+None), and its publisher sends it to the channel-layer group. While Redis is down, events are kept per process.
 
 Ticks are not in the sequence: a tick carries the seq of the newest event before it and only its newest one matters.
 """
@@ -127,6 +128,13 @@ async def apublish(event_type, **data):
     return event
 
 
+async def flushed():
+    """Wait until what this process published is in its buffer (at once with one process; with several, once
+    Redis has given it its seq)."""
+    if stream.active():
+        await stream.flushed()
+
+
 def publish(event_type, **data):
     """Publish from sync code (management commands, admin actions). Never raises."""
     try:
@@ -141,6 +149,12 @@ def publish(event_type, **data):
     else:  # called from sync code inside a running loop: schedule, don't block it
         _schedule(loop, event)
     return event
+
+
+def send_to_layer(event):
+    """Send a kept event to the channel-layer group (with several processes, only its publisher does, once it has
+    the cluster's seq)."""
+    _schedule(asyncio.get_running_loop(), event)
 
 
 def _schedule(loop, event):

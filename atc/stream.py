@@ -10,6 +10,7 @@ once. While Redis is down (clood_site.shared) events are kept per process; the r
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 
@@ -22,21 +23,26 @@ log = logging.getLogger(__name__)
 BATCH = 200
 READ_BLOCK_MS = 2000
 
-# ARGV: prefix, floor (the highest seq this process has kept), stream length to keep, then event bodies in order.
+# ARGV: prefix, floor (the highest seq this process has kept), stream length to keep, then (origin, event body)
+# pairs in order; the origin lets the publishing process recognise its own events when it reads them back.
 PUBLISH = """
 local P, floor, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local counter, stream = P .. 'events:seq', P .. 'events'
 local seq = tonumber(redis.call('GET', counter) or '0')
 if seq < floor then seq = floor end
-for i = 4, #ARGV do
+for i = 4, #ARGV, 2 do
   seq = seq + 1
-  redis.call('XADD', stream, 'MAXLEN', '~', keep, '*', 'seq', seq, 'e', ARGV[i])
+  redis.call('XADD', stream, 'MAXLEN', '~', keep, '*', 'seq', seq, 'o', ARGV[i], 'e', ARGV[i + 1])
 end
 redis.call('SET', counter, seq)
 return seq
 """
 
-_outbox = collections.deque()
+MAX_AWAITED = 10_000
+
+_outbox = collections.deque()  # origins of events to write, in order
+_mine = {}  # origin -> event dict this process published and has not read back yet
+_origins = itertools.count(1)
 _wake = None  # asyncio.Event: the sender has work
 _tasks = {}  # event loop -> (sender task, reader task)
 
@@ -47,34 +53,55 @@ def active():
 
 
 def start():
-    """Start this loop's sender and reader (the server does at startup, so a quiet process still reads)."""
+    """Start this loop's reader and sender (the server does at startup, so a quiet process still reads).
+    A management command only sends: its events go to the servers' dashboards, not to itself."""
     if shared.enabled():
-        _start()
+        _start(read=True)
 
 
 def send(event, sync=False):
-    """Queue `event` (without seq) for the stream. From sync code with no loop, write it at once instead."""
-    body = json.dumps({"type": event["type"], "ts": event["ts"], "data": event["data"]})
+    """Queue `event` (without seq) for the stream. When the reader gets it back, it fills in the seq of this very
+    dict and keeps it. From sync code with no loop, it is written at once instead."""
     if sync:
-        _publish_now(body)
+        _publish_now(_body(event))
         return
-    _outbox.append(body)
+    origin = f"{shared.PROCESS_ID}:{next(_origins)}"
+    _mine[origin] = event
+    while len(_mine) > MAX_AWAITED:  # never read back (Redis lost them): forget the oldest
+        _mine.pop(next(iter(_mine)))
+    _outbox.append(origin)
     _start()
     _wake.set()
 
 
-def _start():
+async def flushed(timeout=5.0):
+    """Wait until every event this process published is back from Redis and kept (or Redis is found down), at most
+    `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while _mine and active() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def _body(event):
+    return json.dumps({"type": event["type"], "ts": event["ts"], "data": event["data"]})
+
+
+def _start(read=False):
     global _wake
     loop = asyncio.get_running_loop()
-    tasks = _tasks.get(loop)
-    if tasks is None or any(task.done() for task in tasks):
-        for old in [old for old in _tasks if old.is_closed()]:
-            del _tasks[old]
+    for old in [old for old in _tasks if old.is_closed()]:
+        del _tasks[old]
+    tasks = _tasks.setdefault(loop, {})
+    if tasks.get("send") is None or tasks["send"].done():
         _wake = asyncio.Event()
-        _tasks[loop] = (
-            loop.create_task(_send_forever(), name="clood-events-sender"),
-            loop.create_task(_read_forever(), name="clood-events-reader"),
-        )
+        tasks["send"] = loop.create_task(_send_forever(), name="clood-events-sender")
+    if read and (tasks.get("read") is None or tasks["read"].done()):
+        tasks["read"] = loop.create_task(_read_forever(), name="clood-events-reader")
+
+
+def _reading():
+    task = _tasks.get(asyncio.get_running_loop(), {}).get("read")
+    return task is not None and not task.done()
 
 
 def _floor():
@@ -88,10 +115,14 @@ async def _send_forever():
         if not _outbox:
             _wake.clear()
             await _wake.wait()
-        bodies = [_outbox.popleft() for _ in range(min(BATCH, len(_outbox)))]
+        origins = [_outbox.popleft() for _ in range(min(BATCH, len(_outbox)))]
+        origins = [origin for origin in origins if origin in _mine]
+        if not origins:
+            continue
+        pairs = [value for origin in origins for value in (origin, _body(_mine[origin]))]
         try:
-            await _publish_script()(args=[settings.CLOOD_REDIS_PREFIX, _floor(), settings.CLOOD_ATC_RECENT_EVENTS,
-                                          *bodies])  # fmt: skip
+            keep = settings.CLOOD_ATC_RECENT_EVENTS
+            last = await _publish_script()(args=[settings.CLOOD_REDIS_PREFIX, _floor(), keep, *pairs])
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - keep them here rather than lose them
@@ -99,15 +130,31 @@ async def _send_forever():
                 shared.went_down(error, "publishing ATC events")
             else:
                 log.exception("could not publish ATC events to Redis")
-            _keep_here(bodies)
+            _keep_here(origins)
+        else:
+            if not _reading():  # nobody here reads the stream (a management command, a test): keep them as sent
+                _keep_sent(origins, int(last) - len(origins) + 1)
 
 
-def _keep_here(bodies):
+def _keep_sent(origins, first_seq):
+    from atc.events import keep, send_to_layer
+
+    for seq, origin in enumerate(origins, first_seq):
+        event = _mine.pop(origin, None)
+        if event is not None:
+            event["seq"] = seq
+            if keep(event):
+                send_to_layer(event)
+
+
+def _keep_here(origins):
     from atc.events import keep, last_seq
 
-    for body in bodies:
-        event = json.loads(body)
-        keep({"type": event["type"], "ts": event["ts"], "seq": last_seq() + 1, "data": event["data"]})
+    for origin in origins:
+        event = _mine.pop(origin, None)
+        if event is not None:
+            event["seq"] = last_seq() + 1
+            keep(event)
 
 
 _scripts = {}
@@ -128,7 +175,8 @@ def _publish_now(body):
     try:
         with redis.Redis.from_url(settings.REDIS_URL, socket_timeout=shared.SOCKET_TIMEOUT,
                                   socket_connect_timeout=shared.SOCKET_TIMEOUT) as connection:  # fmt: skip
-            connection.eval(PUBLISH, 0, settings.CLOOD_REDIS_PREFIX, _floor(), settings.CLOOD_ATC_RECENT_EVENTS, body)
+            connection.eval(PUBLISH, 0, settings.CLOOD_REDIS_PREFIX, _floor(), settings.CLOOD_ATC_RECENT_EVENTS, "",
+                            body)  # fmt: skip
     except Exception as error:  # noqa: BLE001 - publishing never fails the caller
         log.warning("could not publish an ATC event to Redis (%s)", type(error).__name__)
 
@@ -136,7 +184,7 @@ def _publish_now(body):
 async def _read_forever():
     import redis.asyncio as redis
 
-    from atc.events import keep
+    from atc.events import keep, send_to_layer
 
     stream = shared.key("events")
     last_id = None
@@ -154,14 +202,21 @@ async def _read_forever():
                 else:
                     answer = await connection.xread({stream: last_id}, count=1000, block=READ_BLOCK_MS)
                     entries = answer[0][1] if answer else []
-            except asyncio.CancelledError:
-                raise
             except shared.redis_errors() as error:
+                if asyncio.current_task().cancelling():  # redis-py may turn a cancellation into its own error
+                    raise asyncio.CancelledError from error
                 shared.went_down(error, "reading ATC events")
                 continue
             for entry_id, fields in entries:
                 last_id = entry_id
+                seq = int(fields[b"seq"])
+                event = _mine.pop(fields.get(b"o", b"").decode(), None)
+                if event is not None:  # one of ours: the caller's dict gets its seq, and goes to the channel layer
+                    event["seq"] = seq
+                    if keep(event):
+                        send_to_layer(event)
+                    continue
                 body = json.loads(fields[b"e"])
-                keep({"type": body["type"], "ts": body["ts"], "seq": int(fields[b"seq"]), "data": body["data"]})
+                keep({"type": body["type"], "ts": body["ts"], "seq": seq, "data": body["data"]})
     finally:
         await connection.aclose()

@@ -27,6 +27,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from atc.events import flushed as events_flushed  # noqa: E402
 from atc.events import publish  # noqa: E402
 from atc.live import start_ticker  # noqa: E402
 from atc.routing import websocket_urlpatterns  # noqa: E402
@@ -51,9 +52,10 @@ def start_background():
 
 
 async def stop_background():
-    """Before the process exits: write the request log rows still waiting for their batch, close upstream
-    connections."""
+    """Before the process exits: write the request log rows still waiting for their batch, send the last events, let
+    another process take over the monitor, close upstream connections."""
     await records.flush()
+    await events_flushed()
     await let_go_of_monitor()
     await close_session()
 

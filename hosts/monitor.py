@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from atc.events import apublish
+from atc.events import apublish, flushed
 from clood_site import shared
 from hosts.backends import HostTarget, check_host, make_client
 from hosts.models import Host, HostModel
@@ -60,6 +60,13 @@ async def check_hosts(names=None):
     async with make_client() as client:
         reports = await asyncio.gather(*(_check_and_record(client, host_id, target) for host_id, target in targets))
     return [(target.name, report) for (_, target), report in zip(targets, reports, strict=True)]
+
+
+async def check_and_publish(names=None):
+    """`check_hosts` for a loop about to close (a management command): returns once its events are published."""
+    reports = await check_hosts(names)
+    await flushed()
+    return reports
 
 
 async def _check_and_record(client, host_id, target):

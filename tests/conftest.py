@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -198,3 +199,11 @@ def clood_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _own_redis_namespace(settings):
+    """With REDIS_URL (the suite's PostgreSQL + Redis pass), each test's slots, queue, limits and events live under
+    a prefix of their own, so one test's leftovers (a lease still running out) never reach the next."""
+    if settings.REDIS_URL:
+        settings.CLOOD_REDIS_PREFIX = f"test-{secrets.token_hex(4)}:"

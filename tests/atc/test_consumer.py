@@ -88,6 +88,7 @@ async def test_live_events_arrive_in_order_in_batches(staff):
 async def test_resume_sends_only_what_was_missed(staff):
     first = await events.apublish("request_queued", id="a", model="m")
     missed = [await events.apublish("request_queued", id=x, model="m") for x in "bc"]
+    await events.flushed()  # with REDIS_URL, they are kept once Redis gives them their seqs
     communicator = await connect(staff, f"/ws/atc/?since={first['seq']}")
     message = await communicator.receive_json_from(2)
     assert message["type"] == "resume"
@@ -102,6 +103,7 @@ async def test_resume_from_too_long_ago_gets_a_snapshot(staff, monkeypatch):
     monkeypatch.setattr(events, "_evicted_up_to", events._evicted_up_to)  # restored after the test
     for i in range(5):
         await events.apublish("request_queued", id=str(i), model="m")
+    await events.flushed()
     communicator = await connect(staff, "/ws/atc/?since=1")
     assert (await communicator.receive_json_from(2))["type"] == "snapshot"
     await communicator.disconnect()

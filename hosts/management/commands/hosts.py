@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from hosts.models import Host
-from hosts.monitor import check_hosts
+from hosts.monitor import check_and_publish
 
 
 class Command(BaseCommand):
@@ -85,7 +85,7 @@ class Command(BaseCommand):
     def handle_refresh(self, name, **_):
         if name and not Host.objects.filter(name=name).exists():
             raise CommandError(f"no host named {name!r}")
-        results = async_to_sync(check_hosts)([name] if name else None)
+        results = async_to_sync(check_and_publish)([name] if name else None)
         failed = 0
         for host_name, report in results:
             if report.ok:

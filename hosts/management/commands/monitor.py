@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from clood_site import shared
-from hosts.monitor import check_hosts, lead_forever, run_forever
+from hosts.monitor import check_and_publish, lead_forever, run_forever
 
 
 class Command(BaseCommand):
@@ -22,7 +22,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, once, interval, **options):
         if once:
-            for name, report in asyncio.run(check_hosts()):
+            for name, report in asyncio.run(check_and_publish()):
                 status = "online" if report.ok else f"offline — {report.error}"
                 self.stdout.write(f"{name}: {status}")
             return
