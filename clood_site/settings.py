@@ -81,8 +81,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
+CLOOD_REDIS_PREFIX = env.str("CLOOD_REDIS_PREFIX", default="clood:")  # every Redis key clood uses starts with it
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CLOOD_REDIS_PREFIX},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "atc.layers.EventLayer"}}
 
