@@ -4,16 +4,18 @@ import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import environ
 import httpx
 import pytest
 
-from tests import canaries
+from tests import canaries, services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,11 +45,28 @@ def _install_tripwire_in_process():
 _install_tripwire_in_process()
 
 
+def _own_redis_prefix_in_process():
+    """With REDIS_URL this process's channel layer (the consumer tests) uses Redis too: under a prefix of its own,
+    not the default one a running clood on the same Redis uses."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        settings.CLOOD_REDIS_PREFIX = services.new_redis_prefix()
+        settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = settings.CLOOD_REDIS_PREFIX
+
+
+_own_redis_prefix_in_process()
+
+
 def tripwire_hits():
     return TRIPWIRE_REPORT.read_text().splitlines() if TRIPWIRE_REPORT.exists() else []
 
 
 def pytest_sessionfinish(session):
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        services.delete_redis_keys(settings.CLOOD_REDIS_PREFIX)
     if tripwire_hits() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -103,9 +122,13 @@ def closed_port_url():
 
 
 class CloodProcess:
-    """A real clood server (daphne, as `./clood run` starts it) in its own var dir and database."""
+    """A real clood server (daphne, as `./clood run` starts it) in its own var dir, database and Redis key prefix.
+
+    `env` can name a DATABASE_URL or CLOOD_REDIS_PREFIX (several processes sharing one); those are used as given and
+    left as they are at the end."""
 
     def __init__(self, var_dir, env=None, command=None):
+        given = env or {}
         self.var_dir = Path(var_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,10 +139,14 @@ class CloodProcess:
             "CLOOD_MONITOR_INTERVAL": "0.5",
             "CLOOD_DEFAULT_HOSTS": "",
             "CLOOD_TEST_HOST_KEY": canaries.HOST_KEY,  # for `hosts add … --api-key-env CLOOD_TEST_HOST_KEY`
+            "CLOOD_REDIS_PREFIX": services.new_redis_prefix(),
             "PYTHONUNBUFFERED": "1",
-            **(env or {}),
+            **given,
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.wants_own_database = services.is_postgres(self.env.get("DATABASE_URL")) and "DATABASE_URL" not in given
+        self.created_database = None  # its URL, dropped at stop()
+        self.own_redis_prefix = bool(self.env.get("REDIS_URL")) and "CLOOD_REDIS_PREFIX" not in given
         # By default daphne with clood's request limits, as `./clood run` starts it.
         self.command = command(self.port) if command else [
             sys.executable, "-m", "clood_site.serve", "-b", "127.0.0.1", "-p", str(self.port),
@@ -135,14 +162,24 @@ class CloodProcess:
 
     def start(self):
         self.var_dir.mkdir(parents=True, exist_ok=True)
-        self.manage("migrate", "--noinput", "-v", "0")
-        self.manage("bootstrap")
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: _answers(self.url + "/admin/login/"), timeout=30, what=f"clood on {self.url}")
+        if self.wants_own_database and not self.created_database:
+            self.env["DATABASE_URL"] = self.created_database = services.create_database()
+        try:
+            self.manage("migrate", "--noinput", "-v", "0")
+            self.manage("bootstrap")
+            self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            )
+            wait_until(lambda: _answers(self.url + "/admin/login/"), timeout=30, what=f"clood on {self.url}")
+        except BaseException:
+            self.stop()  # a module fixture that fails here never reaches its own stop()
+            raise
         return self
 
-    def stop(self):
+    def stop(self, keep_database=False):
+        """Stop the server; then drop its own database and Redis keys, unless `keep_database` (to look at what the
+        server wrote as it stopped: a later `stop()` drops them)."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -150,9 +187,27 @@ class CloodProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process:
+        if self.process and not self.log.closed:
             self.log.close()
             scan_log_for_canaries(self.log_path)
+        if keep_database:
+            return
+        if self.created_database:
+            services.drop_database(self.created_database)
+            self.created_database = None
+        if self.own_redis_prefix:
+            services.delete_redis_keys(self.env["CLOOD_REDIS_PREFIX"])
+            self.own_redis_prefix = False
+
+    def query(self, sql):
+        """The rows (dicts) `sql` selects from this clood's database; JSON columns come as text on both databases."""
+        database_url = self.env.get("DATABASE_URL")
+        if services.is_postgres(database_url):
+            return services.query_postgres(database_url, sql)
+        path = environ.Env.db_url_config(database_url)["NAME"] if database_url else self.var_dir / "clood.sqlite3"
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql)]
 
     def output(self):
         return self.log_path.read_text() if self.log_path.exists() else ""
