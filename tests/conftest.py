@@ -62,6 +62,10 @@ def tripwire_hits():
     return TRIPWIRE_REPORT.read_text().splitlines() if TRIPWIRE_REPORT.exists() else []
 
 
+def pytest_sessionstart(session):
+    services.wait_for_services()
+
+
 def pytest_sessionfinish(session):
     from django.conf import settings
 

@@ -1,13 +1,15 @@
-"""PostgreSQL and Redis in the tests (DATABASE_URL and REDIS_URL set): a database and a Redis key prefix for each
-clood process the tests start, so that no test sees another's hosts, request log or events (on SQLite each process
-has a database file in its own var dir)."""
+"""The PostgreSQL and Redis servers of `./clood test`'s second pass (DATABASE_URL and REDIS_URL set): waiting for
+them, and a database and a Redis key prefix for each clood process the tests start, so that no test sees another's
+hosts, request log or events (on SQLite each process has a database file in its own var dir)."""
 
 import os
 import secrets
+import time
 from urllib.parse import urlsplit
 
 import environ
 import psycopg
+import pytest
 import redis
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
@@ -15,6 +17,26 @@ from psycopg.types.string import TextLoader
 
 def is_postgres(database_url):
     return bool(database_url) and environ.Env.db_url_config(database_url)["ENGINE"] == "django.db.backends.postgresql"
+
+
+def wait_for_services(timeout=30):
+    """PostgreSQL and Redis, when the run uses them, must answer within `timeout` seconds (CI starts them with the
+    machine), else the run stops at once with a message that says which one is missing."""
+    checks = []
+    if is_postgres(os.environ.get("DATABASE_URL")):
+        checks.append(("PostgreSQL", _database_url("postgres"), lambda: _postgres_server().close()))
+    if os.environ.get("REDIS_URL"):
+        checks.append(("Redis", os.environ["REDIS_URL"], lambda: _redis().close()))
+    deadline = time.monotonic() + timeout
+    for name, url, check in checks:
+        while True:
+            try:
+                check()
+                break
+            except (psycopg.Error, redis.RedisError) as exc:
+                if time.monotonic() > deadline:
+                    pytest.exit(f"{name} does not answer at {url} ({exc}); this run needs it.", returncode=3)
+                time.sleep(1)
 
 
 def create_database():
