@@ -1,5 +1,6 @@
 """Shared fixtures: simulated LLM hosts on free loopback ports, and a real clood server process."""
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -84,6 +85,24 @@ def pytest_terminal_summary(terminalreporter):
     else:
         terminalreporter.line(f"tripwire: {len(canaries.ALL)} canary secrets watched in every response, websocket "
                               "message and log line: none seen")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The test database, as pytest-django sets it up. The async tests leave a database connection open in two worker
+    threads (clood's database thread, and asgiref's for sync_to_async); PostgreSQL drops the database at the end only
+    once they are closed."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from clood_site.db import in_db_thread
+
+    async def close_worker_connections():
+        await in_db_thread(connections.close_all)()
+        await sync_to_async(connections.close_all)()
+
+    asyncio.run(close_worker_connections())
 
 
 @contextlib.contextmanager
