@@ -1,20 +1,22 @@
 """Shared fixtures: simulated LLM hosts on free loopback ports, and a real clood server process."""
 
+import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import environ
 import httpx
 import pytest
 
-from tests import canaries
+from tests import canaries, services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,11 +46,32 @@ def _install_tripwire_in_process():
 _install_tripwire_in_process()
 
 
+def _own_redis_prefix_in_process():
+    """With REDIS_URL this process's channel layer (the consumer tests) uses Redis too: under a prefix of its own,
+    not the default one a running clood on the same Redis uses."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        settings.CLOOD_REDIS_PREFIX = services.new_redis_prefix()
+        settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = settings.CLOOD_REDIS_PREFIX
+
+
+_own_redis_prefix_in_process()
+
+
 def tripwire_hits():
     return TRIPWIRE_REPORT.read_text().splitlines() if TRIPWIRE_REPORT.exists() else []
 
 
+def pytest_sessionstart(session):
+    services.wait_for_services()
+
+
 def pytest_sessionfinish(session):
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        services.delete_redis_keys(settings.CLOOD_REDIS_PREFIX)
     if tripwire_hits() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -62,6 +85,24 @@ def pytest_terminal_summary(terminalreporter):
     else:
         terminalreporter.line(f"tripwire: {len(canaries.ALL)} canary secrets watched in every response, websocket "
                               "message and log line: none seen")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The test database, as pytest-django sets it up. The async tests leave a database connection open in two worker
+    threads (clood's database thread, and asgiref's for sync_to_async); PostgreSQL drops the database at the end only
+    once they are closed."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from clood_site.db import in_db_thread
+
+    async def close_worker_connections():
+        await in_db_thread(connections.close_all)()
+        await sync_to_async(connections.close_all)()
+
+    asyncio.run(close_worker_connections())
 
 
 @contextlib.contextmanager
@@ -104,9 +145,13 @@ def closed_port_url():
 
 
 class CloodProcess:
-    """A real clood server (daphne, as `./clood run` starts it) in its own var dir and database."""
+    """A real clood server (daphne, as `./clood run` starts it) in its own var dir, database and Redis key prefix.
+
+    `env` can name a DATABASE_URL or CLOOD_REDIS_PREFIX (several processes sharing one); those are used as given and
+    left as they are at the end."""
 
     def __init__(self, var_dir, env=None, command=None):
+        given = env or {}
         self.var_dir = Path(var_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -117,10 +162,14 @@ class CloodProcess:
             "CLOOD_MONITOR_INTERVAL": "0.5",
             "CLOOD_DEFAULT_HOSTS": "",
             "CLOOD_TEST_HOST_KEY": canaries.HOST_KEY,  # for `hosts add … --api-key-env CLOOD_TEST_HOST_KEY`
+            "CLOOD_REDIS_PREFIX": services.new_redis_prefix(),
             "PYTHONUNBUFFERED": "1",
-            **(env or {}),
+            **given,
         }
         self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.wants_own_database = services.is_postgres(self.env.get("DATABASE_URL")) and "DATABASE_URL" not in given
+        self.created_database = None  # its URL, dropped at stop()
+        self.own_redis_prefix = bool(self.env.get("REDIS_URL")) and "CLOOD_REDIS_PREFIX" not in given
         # By default daphne with clood's request limits, as `./clood run` starts it.
         self.command = command(self.port) if command else [
             sys.executable, "-m", "clood_site.serve", "-b", "127.0.0.1", "-p", str(self.port),
@@ -136,14 +185,24 @@ class CloodProcess:
 
     def start(self):
         self.var_dir.mkdir(parents=True, exist_ok=True)
-        self.manage("migrate", "--noinput", "-v", "0")
-        self.manage("bootstrap")
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: _answers(self.url + "/admin/login/"), timeout=30, what=f"clood on {self.url}")
+        if self.wants_own_database and not self.created_database:
+            self.env["DATABASE_URL"] = self.created_database = services.create_database()
+        try:
+            self.manage("migrate", "--noinput", "-v", "0")
+            self.manage("bootstrap")
+            self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            )
+            wait_until(lambda: _answers(self.url + "/admin/login/"), timeout=30, what=f"clood on {self.url}")
+        except BaseException:
+            self.stop()  # a module fixture that fails here never reaches its own stop()
+            raise
         return self
 
-    def stop(self):
+    def stop(self, keep_database=False):
+        """Stop the server; then drop its own database and Redis keys, unless `keep_database` (to look at what the
+        server wrote as it stopped: a later `stop()` drops them)."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -151,9 +210,27 @@ class CloodProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process:
+        if self.process and not self.log.closed:
             self.log.close()
             scan_log_for_canaries(self.log_path)
+        if keep_database:
+            return
+        if self.created_database:
+            services.drop_database(self.created_database)
+            self.created_database = None
+        if self.own_redis_prefix:
+            services.delete_redis_keys(self.env["CLOOD_REDIS_PREFIX"])
+            self.own_redis_prefix = False
+
+    def query(self, sql):
+        """The rows (dicts) `sql` selects from this clood's database; JSON columns come as text on both databases."""
+        database_url = self.env.get("DATABASE_URL")
+        if services.is_postgres(database_url):
+            return services.query_postgres(database_url, sql)
+        path = environ.Env.db_url_config(database_url)["NAME"] if database_url else self.var_dir / "clood.sqlite3"
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql)]
 
     def output(self):
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -205,5 +282,9 @@ def clood_server(tmp_path):
 def _own_redis_namespace(settings):
     """With REDIS_URL (the suite's PostgreSQL + Redis pass), each test's slots, queue, limits and events live under
     a prefix of their own, so one test's leftovers (a lease still running out) never reach the next."""
-    if settings.REDIS_URL:
-        settings.CLOOD_REDIS_PREFIX = f"test-{secrets.token_hex(4)}:"
+    if not settings.REDIS_URL:
+        yield
+        return
+    prefix = settings.CLOOD_REDIS_PREFIX = services.new_redis_prefix()
+    yield
+    services.delete_redis_keys(prefix)

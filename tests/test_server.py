@@ -2,7 +2,6 @@
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 
@@ -128,9 +127,8 @@ def test_stopping_writes_the_pending_log_rows_and_closes_upstream_connections(cl
     chat = {"model": "a:1b", "messages": [{"role": "user", "content": "hi"}]}
     sent = {httpx.post(server.url + "/v1/chat/completions", json=chat).headers["x-clood-request-id"] for _ in range(5)}
 
-    server.stop()  # SIGTERM, long before the hourly batch would have written them
+    server.stop(keep_database=True)  # SIGTERM, long before the hourly batch would have written them
 
-    with sqlite3.connect(server.var_dir / "clood.sqlite3") as db:
-        rows = {row[0] for row in db.execute("select request_id from proxy_requestlog")}
+    rows = {row["request_id"] for row in server.query("select request_id from proxy_requestlog")}
     assert rows == sent
     assert "Unclosed" not in server.output()

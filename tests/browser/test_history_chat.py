@@ -5,7 +5,6 @@ and mended afterwards. The history test runs last so it sees the chat tests' req
 """
 
 import re
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -161,8 +160,7 @@ def test_chat_shows_an_error_in_the_middle_of_a_stream(page, browser_garden, bro
 
 
 def request_count(garden):
-    with sqlite3.connect(garden.var_dir / "clood.sqlite3") as db:
-        return db.execute("select count(*) from proxy_requestlog").fetchone()[0]
+    return garden.query("select count(*) as n from proxy_requestlog")[0]["n"]
 
 
 def test_history_shows_hosts_and_models_and_exports_csv(page, browser_garden):

@@ -5,7 +5,6 @@ a host's generation endpoints sees the proxy's failover, not the monitor taking 
 """
 
 import json
-import sqlite3
 
 import httpx
 import pytest
@@ -49,8 +48,7 @@ class Garden:
     def _snapshot_matches(self):
         status = httpx.get(self.url + "/status", timeout=5).json()
         online = {h["name"] for h in status["hosts"] if h["status"] == "online"}
-        with sqlite3.connect(self.server.var_dir / "clood.sqlite3") as db:
-            expected = {row[0] for row in db.execute("select name from hosts_host where online and enabled")}
+        expected = {row["name"] for row in self.server.query("select name from hosts_host where online and enabled")}
         return online == expected
 
     def status(self, host=None):
@@ -60,9 +58,7 @@ class Garden:
         return next(h for h in status["hosts"] if h["name"] == host)
 
     def request_logs(self):
-        with sqlite3.connect(self.server.var_dir / "clood.sqlite3") as db:
-            db.row_factory = sqlite3.Row
-            return [dict(row) for row in db.execute("select * from proxy_requestlog order by id")]
+        return self.server.query("select * from proxy_requestlog order by id")
 
     def log_for(self, request_id):
         def find():

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -31,6 +32,7 @@ GENERATION = ["/v1/chat/completions", "/v1/completions", "/api/chat", "/api/gene
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
 REPLY = reply_text(16)  # what a healthy simulated host answers
 MEMORY_BOUND = 60 * 1024 * 1024  # a 100 MB line must not cost clood anything like 100 MB
+DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "redis": 6379}
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +82,20 @@ def baseline(garden):
 
 
 def open_descriptors(garden):
-    """clood's open fds but its files: those are its own database and log (a database connection per worker thread
-    that ever wrote, so their number may grow), checked apart in `assert_settled`."""
+    """clood's open fds but its files and its connections to PostgreSQL and Redis. The files are its own database
+    and log (a database connection per worker thread that ever wrote, so their number may grow), checked apart in
+    `assert_settled`; on PostgreSQL those connections are sockets, and Redis's connection pool grows with the events
+    published at once."""
     process = garden.process
-    return process.num_fds() - len(process.open_files())
+    ports = service_ports(garden.server)
+    services = [c for c in process.net_connections() if c.raddr and c.raddr.port in ports]
+    return process.num_fds() - len(process.open_files()) - len(services)
+
+
+def service_ports(server):
+    """The ports of the PostgreSQL and Redis servers clood uses (none on SQLite with the in-memory layer)."""
+    urls = [urlsplit(server.env.get(name, "")) for name in ("DATABASE_URL", "REDIS_URL")]
+    return {url.port or DEFAULT_PORTS[url.scheme] for url in urls if url.scheme in DEFAULT_PORTS}
 
 
 def internals(garden):

@@ -16,6 +16,7 @@ from proxy.cluster import SharedAdmission, SharedKeyLimits
 from proxy.errors import ApiError
 from proxy.keys import KeyLimits
 from proxy.queue import Admission
+from tests import services
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,8 @@ def redis(settings):
     settings.CLOOD_REDIS_PREFIX = f"test-admission-{secrets.token_hex(4)}:"
     settings.CLOOD_SLOT_LEASE_SECONDS = 1.0
     shared._down_since = None
+    yield
+    services.delete_redis_keys(settings.CLOOD_REDIS_PREFIX)
 
 
 def process(limit=1):
