@@ -203,8 +203,6 @@ async def _read_forever():
                     answer = await connection.xread({stream: last_id}, count=1000, block=READ_BLOCK_MS)
                     entries = answer[0][1] if answer else []
             except shared.redis_errors() as error:
-                if asyncio.current_task().cancelling():  # redis-py may turn a cancellation into its own error
-                    raise asyncio.CancelledError from error
                 shared.went_down(error, "reading ATC events")
                 continue
             for entry_id, fields in entries:

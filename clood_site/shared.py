@@ -64,8 +64,14 @@ def client():
 
 
 def went_down(error, what):
-    """Record that a Redis call failed: log once per outage, and start watching for Redis to come back."""
+    """Record that a Redis call failed: log once per outage, and start watching for Redis to come back.
+
+    redis-py may turn a cancellation of the waiting task into a connection error of its own: then this re-raises
+    the cancellation instead (a request whose client left must not carry on as if Redis were down)."""
     global _down_since, _last_error, _watchdog
+    task = asyncio.current_task() if _has_loop() else None
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
     _last_error = f"{type(error).__name__}: {error}"[:200]
     if _down_since is None:
         _down_since = time.time()
@@ -80,6 +86,14 @@ def went_down(error, what):
         return
     if _watchdog is None or _watchdog.done() or _watchdog.get_loop() is not loop:
         _watchdog = loop.create_task(_watch(), name="clood-redis-watchdog")
+
+
+def _has_loop():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def _watch():

@@ -229,10 +229,14 @@ class SharedAdmission:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         queued = False
+        call = None
         try:
             while True:
+                # Shielded: a cancelled request (its client left) does not wait inside redis-py for the answer; the
+                # script's result, should it have taken a slot, is given back below once it arrives.
+                call = asyncio.ensure_future(_run(ACQUIRE_SLOT, lease, _lease_ms(), max_queue, *pairs))
                 try:
-                    outcome, value = await _run(ACQUIRE_SLOT, lease, _lease_ms(), max_queue, *pairs)
+                    outcome, value = await asyncio.shield(call)
                 except shared.redis_errors() as error:
                     shared.went_down(error, "admitting a request")
                     await self._leave(lease, candidates)
@@ -260,7 +264,10 @@ class SharedAdmission:
         except BaseException:
             # Cancelled (the client left) or gave up: leave the queue, and give back a slot granted meanwhile.
             if shared.available():
-                _in_background(self._leave(lease, candidates))
+                if call is not None and not call.done():
+                    call.add_done_callback(lambda _: _in_background(self._leave(lease, candidates)))
+                else:
+                    _in_background(self._leave(lease, candidates))
             raise
         finally:
             leases.drop("queue:alive", lease)
@@ -283,8 +290,11 @@ class SharedAdmission:
 
     async def _wait_for_freed(self, seconds):
         self._listen()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives just as the
+        # event is set, and a request whose client left would go on to take a slot.
         try:
-            await asyncio.wait_for(self._freed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._freed.wait()
         except TimeoutError:
             pass
 

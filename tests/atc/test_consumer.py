@@ -166,9 +166,11 @@ async def test_a_tick_between_events_neither_repeats_nor_skips_them(staff):
     communicator = await connect(staff)
     await communicator.receive_json_from(2)
     first = await events.apublish("request_queued", id="r1")
+    await events.flushed()  # with REDIS_URL, the seq comes from Redis
     tick = await events.apublish("tick", counters={"in_flight": 0}, in_flight=[], hosts=[])
     assert tick["seq"] == first["seq"]
     second = await events.apublish("request_queued", id="r2")
+    await events.flushed()
     frame = await communicator.receive_json_from(3)
     assert [(e["type"], e["seq"]) for e in frame["events"]] == [
         ("request_queued", first["seq"]), ("request_queued", second["seq"]), ("tick", first["seq"])
