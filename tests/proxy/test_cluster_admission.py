@@ -9,6 +9,7 @@ import secrets
 from types import SimpleNamespace
 
 import pytest
+from redis import Redis
 
 from clood_site import shared
 from proxy import cluster
@@ -16,17 +17,22 @@ from proxy.cluster import SharedAdmission, SharedKeyLimits
 from proxy.errors import ApiError
 from proxy.keys import KeyLimits
 from proxy.queue import Admission
-from tests import services
+
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the machine's Redis, in both passes of the suite
 
 
 @pytest.fixture(autouse=True)
 def redis(settings):
-    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    settings.REDIS_URL = REDIS_URL
     settings.CLOOD_REDIS_PREFIX = f"test-admission-{secrets.token_hex(4)}:"
     settings.CLOOD_SLOT_LEASE_SECONDS = 1.0
     shared._down_since = None
     yield
-    services.delete_redis_keys(settings.CLOOD_REDIS_PREFIX)
+    client = Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=settings.CLOOD_REDIS_PREFIX + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def process(limit=1):
