@@ -132,6 +132,13 @@ class HostModel(models.Model):
     loaded_until = models.DateTimeField(null=True, blank=True)
     size_vram = models.BigIntegerField(null=True, blank=True)
     last_seen_at = models.DateTimeField(default=timezone.now)
+    # The newest benchmark of this model on this host (hosts.garden), cleared when the model's digest changes.
+    # Routing uses them until live traffic has measured the host.
+    bench_load_ms = models.FloatField("benchmark load ms", null=True, blank=True)
+    bench_ttft_ms = models.FloatField("benchmark TTFT ms", null=True, blank=True)
+    bench_prompt_tps = models.FloatField("benchmark prompt tokens/s", null=True, blank=True)
+    bench_gen_tps = models.FloatField("benchmark generation tokens/s", null=True, blank=True)
+    bench_at = models.DateTimeField("benchmarked at", null=True, blank=True)
 
     class Meta:
         ordering = ["host__name", "name"]
@@ -144,3 +151,80 @@ class HostModel(models.Model):
 
     def matches(self, requested):
         return self.name == normalize_model_name(requested)
+
+
+class GardenOperation(models.Model):
+    """One admin operation on the garden (discover, pull, delete, preload, unload, benchmark), with its progress.
+
+    It runs as a task of the server process that accepted it (hosts.garden) and publishes its progress as ATC events;
+    this row keeps the outcome. Two pulls or deletes of one model on one host cannot run at once (a partial unique
+    constraint): the second is refused and pointed at the first.
+    """
+
+    class Kind(models.TextChoices):
+        DISCOVER = "discover", "discover"
+        PULL = "pull", "pull"
+        DELETE = "delete", "delete"
+        PRELOAD = "preload", "preload"
+        UNLOAD = "unload", "unload"
+        BENCHMARK = "benchmark", "benchmark"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    host = models.ForeignKey(Host, null=True, blank=True, on_delete=models.SET_NULL, related_name="operations")
+    host_name = models.CharField(max_length=64, blank=True, default="")  # kept when the host is deleted
+    model = models.CharField(max_length=255, blank=True, default="")  # normalised; the subnet for a discover
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    completed = models.BigIntegerField(null=True, blank=True)  # bytes pulled, addresses probed
+    total = models.BigIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True, default="")  # the newest status line
+    error = models.TextField(blank=True, default="")
+    result = models.JSONField(default=dict, blank=True)  # benchmark figures, discovered hosts
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    process = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)  # progress written at least every few seconds
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        verbose_name = "garden operation"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["host", "model"],
+                condition=models.Q(status="running", kind__in=["pull", "delete"]),
+                name="one_pull_or_delete_per_model_at_once",
+            )
+        ]
+
+    def __str__(self):
+        where = f" on {self.host_name}" if self.host_name else ""
+        return f"{self.kind} {self.model}{where}".replace("  ", " ")
+
+    @property
+    def percent(self):
+        if self.status == self.Status.SUCCEEDED:
+            return 100.0
+        if self.completed is None or not self.total:
+            return None
+        return min(100.0, 100.0 * self.completed / self.total)
+
+    def as_event(self):
+        """What the ATC event and the admin's progress bars show."""
+        percent = self.percent
+        return {
+            "id": self.pk,
+            "kind": self.kind,
+            "host": self.host_name,
+            "model": self.model,
+            "status": self.status,
+            "completed": self.completed,
+            "total": self.total,
+            "percent": round(percent, 1) if percent is not None else None,
+            "message": self.message,
+            "error": self.error,
+        }

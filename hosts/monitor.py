@@ -178,14 +178,19 @@ def sync_inventory(host, models, now):
             if model.loaded:
                 loaded.append(name)
             continue
+        update = [*fields, "last_seen_at"]  # only these: a benchmark may be writing its figures to this row
         if row.digest != model.digest:
             changed.append(name)
+            if row.digest:  # other bytes now: the old benchmark does not describe them
+                row.bench_load_ms = row.bench_ttft_ms = row.bench_prompt_tps = row.bench_gen_tps = None
+                row.bench_at = None
+                update += ["bench_load_ms", "bench_ttft_ms", "bench_prompt_tps", "bench_gen_tps", "bench_at"]
         if row.loaded != model.loaded:
             (loaded if model.loaded else unloaded).append(name)
         for f in fields:
             setattr(row, f, getattr(model, f))
         row.last_seen_at = now
-        row.save()
+        row.save(update_fields=update)
     removed = sorted(set(existing) - set(seen))
     if removed:
         HostModel.objects.filter(host=host, name__in=removed).delete()

@@ -33,6 +33,8 @@ class ModelView:
     loaded_until: object
     size_vram: int | None
     last_seen_at: object
+    bench_ttft_ms: float | None = None  # the newest admin benchmark (hosts.garden), None when never measured
+    bench_gen_tps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ def model_as_dict(model, digest_differs=False):
         "context_length": model.context_length,
         "digest": model.digest,
         "digest_differs": digest_differs,
+        "bench_ttft_ms": getattr(model, "bench_ttft_ms", None),
+        "bench_gen_tps": getattr(model, "bench_gen_tps", None),
     }
 
 
@@ -123,6 +127,8 @@ def build():
             loaded_until=row.loaded_until,
             size_vram=row.size_vram,
             last_seen_at=row.last_seen_at,
+            bench_ttft_ms=row.bench_ttft_ms,
+            bench_gen_tps=row.bench_gen_tps,
         )
     views = tuple(
         HostView(
