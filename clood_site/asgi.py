@@ -32,7 +32,7 @@ from atc.events import publish  # noqa: E402
 from atc.live import start_ticker  # noqa: E402
 from atc.routing import websocket_urlpatterns  # noqa: E402
 from atc.stream import start as start_events_stream  # noqa: E402
-from hosts import snapshot  # noqa: E402
+from hosts import garden, snapshot  # noqa: E402
 from hosts.monitor import let_go as let_go_of_monitor  # noqa: E402
 from hosts.monitor import start_in_background as start_monitor  # noqa: E402
 from proxy import records  # noqa: E402
@@ -44,6 +44,7 @@ def start_background():
     """Per-process background work: the routing snapshot refresher, ATC's ticks (and, with REDIS_URL, its share of
     the cluster's events), and the host monitor unless off."""
     snapshot.start_refresher()
+    garden.bind_to_server_loop()
     start_ticker()
     start_events_stream()
     if settings.CLOOD_RUN_MONITOR:

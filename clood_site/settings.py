@@ -172,6 +172,17 @@ CLOOD_LATENCY_SMOOTHING = env.float("CLOOD_LATENCY_SMOOTHING", default=0.3)
 # Failures in a row after which a host's circuit opens (routing skips it until a check succeeds).
 CLOOD_CIRCUIT_THRESHOLD = env.int("CLOOD_CIRCUIT_THRESHOLD", default=3)
 
+# Garden operations from the admin (hosts/garden.py): discover, pull, delete, preload, unload, benchmark.
+# Discover scans the admin's subnet (private or loopback only, at most this many addresses) on these ports.
+CLOOD_DISCOVER_PORTS = env.list("CLOOD_DISCOVER_PORTS", cast=int, default=[11434])
+CLOOD_DISCOVER_MAX_ADDRESSES = env.int("CLOOD_DISCOVER_MAX_ADDRESSES", default=1024)
+CLOOD_DISCOVER_CONCURRENCY = env.int("CLOOD_DISCOVER_CONCURRENCY", default=64)  # probes at once
+CLOOD_DISCOVER_TIMEOUT = env.float("CLOOD_DISCOVER_TIMEOUT", default=0.5)  # per probe (s)
+# A pull whose host sends no progress for this long (s) has failed.
+CLOOD_PULL_IDLE_TIMEOUT = env.float("CLOOD_PULL_IDLE_TIMEOUT", default=300.0)
+CLOOD_PRELOAD_KEEP_ALIVE = env.str("CLOOD_PRELOAD_KEEP_ALIVE", default="30m")  # how long a preloaded model stays
+CLOOD_BENCHMARK_TOKENS = env.int("CLOOD_BENCHMARK_TOKENS", default=128)  # tokens a benchmark generates
+
 # Routing snapshot: rebuilt from the database this often (s), so admin edits reach routing within it.
 CLOOD_SNAPSHOT_REFRESH = env.float("CLOOD_SNAPSHOT_REFRESH", default=1.0)
 

@@ -6,10 +6,12 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils.html import format_html
 
+from hosts import garden_admin
 from hosts.backends import check_host, make_client
-from hosts.models import Host, HostModel
+from hosts.models import GardenOperation, Host, HostModel
 from hosts.monitor import check_hosts, target_for
 
 
@@ -50,7 +52,7 @@ class HostModelInline(admin.TabularInline):
     show_change_link = False
     fields = readonly_fields = [
         "remote_name", "human_size", "family", "parameter_size", "quantization",
-        "capabilities", "context_length", "loaded", "loaded_until", "size_vram_human",
+        "capabilities", "context_length", "loaded", "loaded_until", "size_vram_human", "benchmark",
     ]  # fmt: skip
     verbose_name_plural = "Inventory (read-only, kept up to date by the monitor)"
 
@@ -68,6 +70,21 @@ class HostModelInline(admin.TabularInline):
     def size_vram_human(self, row):
         return filesizeformat(row.size_vram) if row.size_vram else "—"
 
+    @admin.display(description="benchmark")
+    def benchmark(self, row):
+        return benchmark_summary(row)
+
+
+def benchmark_summary(row):
+    """The newest benchmark of a host × model in one line."""
+    if row.bench_at is None:
+        return "—"
+    parts = [f"TTFT {row.bench_ttft_ms:.0f} ms" if row.bench_ttft_ms is not None else None,
+             f"{row.bench_gen_tps:.1f} tok/s" if row.bench_gen_tps is not None else None,
+             f"prompt {row.bench_prompt_tps:.0f} tok/s" if row.bench_prompt_tps is not None else None,
+             f"load {row.bench_load_ms:.0f} ms" if row.bench_load_ms is not None else None]  # fmt: skip
+    return ", ".join(p for p in parts if p) or "—"
+
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
@@ -79,7 +96,8 @@ class HostAdmin(admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["enabled", "backend", "online"]
     search_fields = ["name", "base_url", "notes"]
-    actions = ["refresh_now", "test_connection"]
+    actions = ["refresh_now", "test_connection", "pull_model", "copy_models"]
+    change_list_template = "admin/hosts/host/change_list.html"  # adds "Discover hosts"
     readonly_fields = [
         "online", "latency_ms", "version", "last_checked_at", "last_online_at", "last_error",
         "consecutive_failures", "circuit", "api_key_status", "created_at", "updated_at",
@@ -110,6 +128,18 @@ class HostAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("models")
+
+    def get_urls(self):
+        discover = self.admin_site.admin_view(lambda request: garden_admin.discover_view(self, request))
+        return [path("discover/", discover, name="hosts_host_discover"), *super().get_urls()]
+
+    @admin.action(description="Pull a model onto the selected hosts…", permissions=["change"])
+    def pull_model(self, request, queryset):
+        return garden_admin.pull_action(self, request, queryset)
+
+    @admin.action(description="Copy another host's models onto the selected host…", permissions=["change"])
+    def copy_models(self, request, queryset):
+        return garden_admin.copy_action(self, request, queryset)
 
     @admin.display(description="status", ordering="online")
     def status_badge(self, host):
@@ -178,6 +208,12 @@ class HostModelAdmin(admin.ModelAdmin):
 
     list_display = ["name", "host", "digest", "loaded"]
 
+    def get_urls(self):
+        operate = self.admin_site.admin_view(
+            lambda request, pk, kind: garden_admin.model_operation_view(self, request, pk, kind)
+        )
+        return [path("<int:pk>/garden/<slug:kind>/", operate, name="hosts_hostmodel_operate"), *super().get_urls()]
+
     def has_add_permission(self, request):
         return False
 
@@ -193,6 +229,7 @@ class HostModelAdmin(admin.ModelAdmin):
             rows = rows.filter(name__icontains=query)
         models = {}
         for row in rows:
+            row.bench_text = benchmark_summary(row)
             models.setdefault(row.name, []).append(row)
         overview = [
             {
@@ -209,6 +246,9 @@ class HostModelAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "overview": overview,
             "query": query,
+            "operations": [(op, garden_admin.progress_cells(op)) for op in GardenOperation.objects.all()[:10]],
+            "can_operate": request.user.has_perm("hosts.change_host"),
+            "media": self.media + forms.Media(js=["hosts/operations.js"]),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/hosts/model_overview.html", context)

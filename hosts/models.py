@@ -170,6 +170,7 @@ class GardenOperation(models.Model):
         BENCHMARK = "benchmark", "benchmark"
 
     class Status(models.TextChoices):
+        QUEUED = "queued", "queued"  # waiting for the operation before it (a copy pulls one model at a time)
         RUNNING = "running", "running"
         SUCCEEDED = "succeeded", "succeeded"
         FAILED = "failed", "failed"
@@ -196,7 +197,7 @@ class GardenOperation(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["host", "model"],
-                condition=models.Q(status="running", kind__in=["pull", "delete"]),
+                condition=models.Q(status__in=["queued", "running"], kind__in=["pull", "delete"]),
                 name="one_pull_or_delete_per_model_at_once",
             )
         ]
@@ -204,6 +205,10 @@ class GardenOperation(models.Model):
     def __str__(self):
         where = f" on {self.host_name}" if self.host_name else ""
         return f"{self.kind} {self.model}{where}".replace("  ", " ")
+
+    @property
+    def active(self):
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
 
     @property
     def percent(self):

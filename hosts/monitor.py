@@ -121,11 +121,11 @@ def record_report(host_id, report):
     if _noticeable(before, (host.online, host.version, host.last_error, host.circuit, host.latency_ms)):
         events.append(("host_status", host_status_data(host, transition=was_online is not host.online)))
     if changes:
-        events.append(("inventory_changed", {"host": host.name, **changes, "models": _inventory(host)}))
+        events.append(("inventory_changed", {"host": host.name, **changes, "models": inventory(host)}))
     return events
 
 
-def _inventory(host):
+def inventory(host):
     """The host's whole inventory as ATC shows it, flagging names whose digest differs on another host."""
     rows = list(HostModel.objects.filter(host=host))
     others = HostModel.objects.filter(name__in=[r.name for r in rows]).exclude(host=host).exclude(digest="")

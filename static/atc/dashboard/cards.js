@@ -59,6 +59,7 @@ export const cards = {
       spark: el("canvas", "hc-spark"),
       loaded: el("ul", "chips chips-hot"),
       installed: el("ul", "chips"),
+      operations: el("ul", "hc-operations"),
       error: el("p", "hc-error"),
     };
     head.append(parts.name, parts.badge, parts.fight, parts.latency);
@@ -76,7 +77,7 @@ export const cards = {
     parts.spark.setAttribute("aria-label", `${name} tokens per second, last two minutes`);
     card.append(head, parts.meta, parts.hardware, slots, numbers, parts.spark,
       el("h4", "hc-section hc-section-hot", "loaded now"), parts.loaded,
-      el("h4", "hc-section", "installed"), parts.installed, parts.error);
+      el("h4", "hc-section", "installed"), parts.installed, parts.operations, parts.error);
     return parts;
   },
 
@@ -128,6 +129,13 @@ export const cards = {
         item.append(flag);
         item.classList.add("differs");
       }
+      if (model.bench_ttft_ms != null || model.bench_gen_tps != null) {
+        const figures = [model.bench_ttft_ms != null ? fmtMs(model.bench_ttft_ms) : "",
+          model.bench_gen_tps != null ? `${fmtRate(model.bench_gen_tps)} tok/s` : ""].filter(Boolean).join(" · ");
+        const bench = el("span", "bench", figures);
+        bench.title = "benchmark from the admin: time to first token · generation speed";
+        item.append(bench);
+      }
       item.dataset.model = model.name;
       return item;
     };
@@ -136,12 +144,28 @@ export const cards = {
     const cold = models.filter((m) => !m.loaded);
     parts.loaded.replaceChildren(...(hot.length ? hot.map(chip) : [el("li", "chip-none", "nothing loaded")]));
     parts.installed.replaceChildren(...(cold.length ? cold.map(chip) : [el("li", "chip-none", "—")]));
+    const operations = [...state.operations.values()].filter((op) => op.host === name);
+    parts.operations.replaceChildren(...operations.map(operationItem));
+    parts.operations.hidden = !operations.length;
     const showError = host.online === false && host.last_error;
     parts.error.textContent = showError ? host.last_error : "";
     parts.error.hidden = !showError;
     drawSparkline(parts.spark, host.spark, colourOf(name));
   },
 };
+
+// A garden operation running on the host (a pull, a preload…) with its progress bar.
+function operationItem(op) {
+  const item = el("li", "hc-operation");
+  item.dataset.operation = op.id;
+  const bar = el("progress");
+  bar.max = 100;
+  if (op.percent !== null && op.percent !== undefined) bar.value = op.percent;
+  const percent = op.percent !== null && op.percent !== undefined ? ` ${Math.round(op.percent)}%` : "";
+  item.append(el("span", "hc-op-name", `${op.kind} ${op.model}${percent}`), bar,
+    el("span", "hc-op-message", op.status === "queued" ? "queued" : op.message || ""));
+  return item;
+}
 
 // The median TTFT of this host's requests plotted in the last minutes (the snapshot's figure until there are some).
 function recentMedianTtft(name) {

@@ -65,6 +65,18 @@ function describe(event, context = {}) {
       const winner = d.winner ? `${d.winner.model} on ${d.winner.host} wins` : "no winner";
       return `catfight #${d.id} completed: ${d.summary || winner}`;
     }
+    case "operation_started":
+      return `${operationName(d)} started`;
+    case "operation_finished": {
+      if (d.status === "failed") return `${operationName(d)} failed: ${d.error || "no reason given"}`;
+      const r = d.result || {};
+      if (d.kind === "benchmark") {
+        const figures = [r.ttft_ms != null ? `TTFT ${fmtMs(r.ttft_ms)}` : "", r.gen_tps ? `${fmtRate(r.gen_tps)} tok/s` : ""];
+        return `${operationName(d)} done: ${figures.filter(Boolean).join(", ") || "no figures"}`;
+      }
+      if (d.kind === "discover") return `${operationName(d)} done: ${plural(r.found || 0, "server")} found`;
+      return `${operationName(d)} done`;
+    }
     case "proxy_started":
       return "clood started";
     case "proxy_stopping":
@@ -72,6 +84,11 @@ function describe(event, context = {}) {
     default:
       return genericSentence(event.type, d);
   }
+}
+
+function operationName(d) {
+  if (d.kind === "discover") return `discover on ${d.model}`;
+  return `${d.kind} ${d.model}${d.host ? ` on ${d.host}` : ""}`;
 }
 
 function entrySentence(d) {
@@ -107,6 +124,7 @@ const KIND = {
   host_status: "host", inventory_changed: "models", request_queued: "queue", request_started: "route",
   request_first_token: "ttft", request_completed: "done", request_failed: "fail",
   catfight_started: "fight", catfight_entry: "fight", catfight_completed: "result",
+  operation_started: "garden", operation_finished: "garden",
 };
 
 export const feed = {
@@ -136,7 +154,9 @@ export const feed = {
     const catfight = String(event.type).startsWith("catfight_");
     if (catfight) row.dataset.catfight = d.id;
     const failedEntry = event.type === "catfight_entry" && d.phase === "failed";
-    if (event.type === "request_failed" || failedEntry || (event.type === "host_status" && d.status === "offline")) {
+    const failedOperation = event.type === "operation_finished" && d.status === "failed";
+    if (event.type === "request_failed" || failedEntry || failedOperation ||
+      (event.type === "host_status" && d.status === "offline")) {
       row.classList.add("ev-bad");
     }
     row.append(el("time", "ev-time", fmtClock(event.ts)), el("span", "ev-kind", KIND[event.type] || "info"));

@@ -32,9 +32,10 @@ function loadSnapshot(message) {
   feed.clear();
   catfights.reset(); // the snapshot's recent events hold the catfights to show, newest last
   for (const event of (message.data || {}).events || []) {
+    if (String(event.type).startsWith("operation_")) updateState(event); // garden operations still running
     chartsFromEvent(event);
     catfights.apply(event);
-    if (event.type !== "tick") feed.add(event);
+    if (event.type !== "tick" && event.type !== "operation_progress") feed.add(event);
   }
   rebuildHostViews();
   dirty.all();
@@ -46,7 +47,7 @@ function applyEvent(event, live) {
     const context = updateState(event);
     catfights.apply(event);
     chartsFromEvent(event);
-    if (event.type !== "tick") feed.add(event, context);
+    if (event.type !== "tick" && event.type !== "operation_progress") feed.add(event, context);
   } catch (error) {
     console.error("ATC: could not show event", event, error); // one odd event must not stop the others
   }

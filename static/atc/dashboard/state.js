@@ -9,6 +9,7 @@ export const state = {
   lastSeq: 0,
   hosts: new Map(), // name -> Host (protocol shape) + {spark: [[ts, tok/s]]}
   flights: new Map(), // request id -> in flight or queued request
+  operations: new Map(), // garden operation id -> its newest operation_* data, while queued or running
   counters: {},
   clockOffset: 0, // server epoch minus local epoch, in seconds
   public: root.dataset.public === "true",
@@ -54,6 +55,7 @@ export function loadSnapshotState(message) {
   }
   state.counters = data.counters || {};
   state.public = Boolean(data.public);
+  state.operations = new Map(); // rebuilt from the snapshot's recent operation events (main.js)
 }
 
 /** Takes an event's seq if it is newer than any applied; false means the page has seen it (dedup by seq).
@@ -86,7 +88,17 @@ function ensureHost(name) {
   return host;
 }
 
+function garden_operation(data) {
+  if (data.id === undefined) return;
+  if (data.status === "queued" || data.status === "running") state.operations.set(data.id, data);
+  else state.operations.delete(data.id);
+  if (data.host) ensureHost(data.host);
+}
+
 const HANDLERS = {
+  operation_started: garden_operation,
+  operation_progress: garden_operation,
+  operation_finished: garden_operation,
   host_status(data) {
     const host = ensureHost(data.host);
     Object.assign(host, {
