@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from atc import events
 from atc.events import apublish
 from clood_site import shared
 from clood_site.db import in_db_thread
@@ -167,7 +168,12 @@ def _launch(ids, one_at_a_time=False):
     if loop is not None and loop.is_running():
         asyncio.run_coroutine_threadsafe(_start(ids, one_at_a_time), loop)
     else:
-        async_to_sync(_run_all)(ids, one_at_a_time)
+        async_to_sync(_run_here)(ids, one_at_a_time)
+
+
+async def _run_here(ids, one_at_a_time):
+    await _run_all(ids, one_at_a_time)
+    await events.flushed()  # this loop ends with the call: its events must be on their way first
 
 
 def check_soon(names):
