@@ -81,6 +81,47 @@ class SimModel:
         return self.name if ":" in self.name.rsplit("/", 1)[-1] else f"{self.name}:latest"
 
 
+def default_library():
+    """What the simulated registry offers to `/api/pull`: a few real models with their real sizes and details."""
+    return [
+        SimModel("llama3.2:1b", size=1_321_098_329, parameter_size="1.2B", context_length=131072),
+        SimModel("llama3.2:3b", size=2_019_393_189, parameter_size="3.2B", context_length=131072),
+        SimModel("qwen2.5-coder:7b", size=4_683_087_332, family="qwen2", parameter_size="7.6B", context_length=32768),
+        SimModel(
+            "nomic-embed-text",
+            size=274_302_450,
+            family="nomic-bert",
+            parameter_size="137M",
+            quantization="F16",
+            context_length=2048,
+        ),
+        SimModel("mistral:7b", size=4_113_301_824, parameter_size="7.2B", context_length=32768),
+        SimModel("deepseek-r1:1.5b", size=1_117_322_599, family="qwen2", parameter_size="1.8B", context_length=131072),
+    ]
+
+
+def _model_list(field_name, items):
+    """`items` as SimModels (each a SimModel, a name, or an object of SimModel fields); ValueError says which is bad."""
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"{field_name} must be a list of models (names or objects)")
+    known = {f.name for f in dataclasses.fields(SimModel)}
+    models = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"name": item}
+        if isinstance(item, dict):
+            unknown = sorted(set(item) - known)
+            if unknown:
+                raise ValueError(f"{field_name}[{index}] has unknown fields: {', '.join(unknown)}")
+            item = SimModel(**item) if isinstance(item.get("name"), str) and item["name"].strip() else None
+        if not isinstance(item, SimModel):
+            raise ValueError(f"{field_name}[{index}] must be a model name or an object with a non-empty name")
+        if isinstance(item.size, bool) or not isinstance(item.size, int) or item.size <= 0:
+            raise ValueError(f"{field_name}[{index}].size must be a whole number of bytes > 0, not {item.size!r}")
+        models.append(item)
+    return models
+
+
 @dataclass
 class SimConfig:
     models: list[SimModel] = field(default_factory=lambda: [SimModel(name="llama3.2:1b")])
@@ -97,17 +138,23 @@ class SimConfig:
     drip_rate: float = 1.0  # bytes a second in the `drip` failure
     fail_paths: list[str] | None = None  # path prefixes the failure applies to; None = every path
     fail_rate: float = 1.0  # the share of matching requests that fail (0.05 = one in twenty, at random)
+    # The registry /api/pull fetches from: a name not in it fails as an unknown model fails on Ollama. Pulling one
+    # that is here adds it to `models` (not loaded). Names, objects of SimModel fields, or SimModels.
+    library: list[SimModel] = field(default_factory=default_library)
+    # Seconds a pull takes to download, spread over its layers by size, a progress line at least every 0.1 s
+    # (0 = at once). A pull dies half way with fail="drop" and fail_paths=["/api/pull"]: the host hangs up after
+    # `fail_after_tokens` progress lines; fail="drip" sends the rest of the stream `drip_rate` bytes a second.
+    pull_seconds: float = 0.0
 
     def __post_init__(self):
-        if not isinstance(self.models, list | tuple):
-            raise ValueError("models must be a list")
-        self.models = [m if isinstance(m, SimModel) else SimModel(**m) for m in self.models]
+        self.models = _model_list("models", self.models)
+        self.library = _model_list("library", self.library)
         paths = self.fail_paths
         if paths is not None and not (isinstance(paths, list | tuple) and all(isinstance(p, str) for p in paths)):
             raise ValueError("fail_paths must be a list of path prefixes (or null)")
         if self.fail not in (None, *FAIL_MODES):
             raise ValueError(f"fail must be one of {', '.join(FAIL_MODES)} (or null), not {self.fail!r}")
-        for name in ("reply_tokens", "ttft", "tokens_per_second", "load_time", "fail_after_tokens"):
+        for name in ("reply_tokens", "ttft", "tokens_per_second", "load_time", "fail_after_tokens", "pull_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
@@ -183,6 +230,47 @@ class SimulatedHost:
     def find_model(self, name):
         wanted = canonical_name(name)
         return next((m for m in self.config.models if canonical_name(m.name) == wanted), None)
+
+    def find_in_library(self, name):
+        wanted = canonical_name(name)
+        return next((m for m in self.config.library if canonical_name(m.name) == wanted), None)
+
+    def add_pulled(self, entry):
+        """A pull of library `entry` finished: list it (not loaded), or bring the copy already here up to date."""
+        present = self.find_model(entry.name)
+        fields = {"digest", "size", "family", "parameter_size", "quantization", "capabilities", "context_length"}
+        if present is None:
+            present = dataclasses.replace(entry, loaded=False, expires_at=None)
+            self.config.models.append(present)
+        else:
+            for name in fields:
+                setattr(present, name, getattr(entry, name))
+        present.capabilities = list(entry.capabilities)  # its own list, not the library's
+
+    def delete_model(self, name):
+        """Remove the model `name` (listed and running); False when there is none."""
+        model = self.find_model(name)
+        if model is None:
+            return False
+        self.config.models.remove(model)
+        return True
+
+    def copy_model(self, source, destination):
+        """List `source` again as `destination` (same digest, not loaded), replacing one of that name; False when
+        `source` is missing."""
+        model = self.find_model(source)
+        if model is None:
+            return False
+        name = destination.strip()
+        for prefix in ("registry.ollama.ai/", "library/"):
+            name = name[len(prefix) :] if name.lower().startswith(prefix) else name
+        copy = dataclasses.replace(model, name=name, loaded=False, expires_at=None)
+        existing = self.find_model(name)
+        if existing is None:
+            self.config.models.append(copy)
+        else:
+            self.config.models[self.config.models.index(existing)] = copy
+        return True
 
     def is_loaded(self, model):
         if not model.loaded:

@@ -24,6 +24,8 @@ HUGE_LINE_BYTES = 100 * 1024 * 1024
 ANSWER_FAULTS = ("drop", "drip", "huge-line", "bad-utf8", "wrong-model")
 FAIL_MODES = ("error", "hang", "garbage", "html", "wrong-shape", "huge", *ANSWER_FAULTS)
 GENERATION_PATHS = ("/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions")
+# The failures each streaming path plays inside its answer (a pull's progress lines count as its tokens).
+STREAM_FAULTS = {**dict.fromkeys(GENERATION_PATHS, ANSWER_FAULTS), "/api/pull": ("drop", "drip")}
 WRONG_MODEL = "impostor:7b"  # the model a `wrong-model` answer names
 BAD_UTF8 = b"\xff\xfe"  # never valid in UTF-8
 DEFAULT_KEEP_ALIVE = 300.0
@@ -58,6 +60,7 @@ class Fault:
     second (from the very start, headers aside, when `after_tokens` is 0); `huge-line` puts HUGE_LINE_BYTES of "x" in
     the next token's text (one ~100 MB line, then the normal end); `bad-utf8` puts BAD_UTF8 in it. `wrong-model`
     names WRONG_MODEL as the answer's model. A single (non-streamed) answer drips, grows or breaks as a whole.
+    A pull plays `drop` and `drip` the same way, its progress lines counting as tokens.
     """
 
     mode: str
@@ -96,8 +99,9 @@ async def _answer(request, handler, host):
     if not config.ollama_api and (path == "/" or path.startswith("/api/")):
         return web.json_response({"detail": "Not Found"}, status=404)
     if config.fails(path):
-        if config.fail in ANSWER_FAULTS and path in GENERATION_PATHS:
-            request[FAULT] = Fault(config.fail, config.fail_after_tokens, config.drip_rate)  # played by Generation
+        if config.fail in STREAM_FAULTS.get(path, ()):
+            # played by Generation, or by the pull's progress stream
+            request[FAULT] = Fault(config.fail, config.fail_after_tokens, config.drip_rate)
         elif config.fail not in ANSWER_FAULTS or config.fail == "drop":
             return await play_failure(request, config)
     if config.api_key and path.startswith("/v1/"):
@@ -232,6 +236,7 @@ class Generation:
         self.response = None
         self.started = time.perf_counter()
         self.first_token_at = None
+        self.pace = 0.0  # tokens_per_second when the tokens began
         self.load_seconds = 0.0
         self.holding = False
         self.dropped = False
@@ -265,6 +270,7 @@ class Generation:
         if self.config.ttft > 0:
             await asyncio.sleep(self.config.ttft)
         self.first_token_at = time.perf_counter()
+        self.pace = self.config.tokens_per_second
         if chunks is not None:
             self.response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
             await self.response.prepare(self.request)
@@ -334,14 +340,25 @@ class Generation:
             await asyncio.sleep(1 / self.fault.drip_rate)
 
     def durations(self):
-        """Ollama's timing fields, in nanoseconds."""
+        """Ollama's timing fields, in nanoseconds, as the pacing played them: load_duration the wait for a cold load,
+        prompt_eval_duration the time to first token after it (`ttft`), eval_duration the tokens' time.
+
+        The first token goes out as `ttft` ends and the rest one interval apart, so the measured time covers one
+        interval fewer than there are tokens; eval_duration counts that interval too, making
+        eval_count / eval_duration the configured tokens_per_second, as a benchmark reads it.
+        """
         now = time.perf_counter()
         first = self.first_token_at or now
+        eval_seconds = now - first
+        if self.first_token_at is not None and self.pace > 0:
+            eval_seconds += 1 / self.pace
+        prompt_seconds = first - self.started - self.load_seconds
+        total = max(now - self.started, self.load_seconds + prompt_seconds + eval_seconds)
         return {
-            "total_duration": _ns(now - self.started),
+            "total_duration": _ns(total),
             "load_duration": _ns(self.load_seconds),
-            "prompt_eval_duration": _ns(first - self.started - self.load_seconds),
-            "eval_duration": _ns(now - first),
+            "prompt_eval_duration": max(1, _ns(prompt_seconds)),
+            "eval_duration": max(1, _ns(eval_seconds)),
         }
 
     async def _drop(self):

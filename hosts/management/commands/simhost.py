@@ -22,12 +22,33 @@ class Command(BaseCommand):
         parser.add_argument("--tps", type=float, default=50, help="Tokens per second (0 = as fast as possible).")
         parser.add_argument("--tokens", type=int, default=32, help="Tokens in each reply.")
         parser.add_argument("--load-time", type=float, default=0, help="Seconds to load a model that is not loaded.")
+        parser.add_argument(
+            "--pull-seconds",
+            type=float,
+            default=3.0,
+            help="Seconds a pull (/api/pull) takes to download a model of the simulated library (0 = at once).",
+        )
         parser.add_argument("--fail", choices=FAIL_MODES, help="Make every request fail this way.")
         parser.add_argument("--fail-status", type=int, default=500, help="HTTP status for --fail error.")
         parser.add_argument("--openai-only", action="store_true", help="Serve only /v1 (like llama.cpp or vLLM).")
         parser.add_argument("--api-key-env", metavar="VAR", help="Require the API key in this variable on /v1.")
 
-    def handle(self, *args, port, count, models, loaded, ttft, tps, tokens, load_time, fail, fail_status, **options):
+    def handle(
+        self,
+        *args,
+        port,
+        count,
+        models,
+        loaded,
+        ttft,
+        tps,
+        tokens,
+        load_time,
+        pull_seconds,
+        fail,
+        fail_status,
+        **options,
+    ):
         if count < 1:
             raise CommandError("--count must be at least 1")
         if not 0 <= port <= 65535 or (port and port + count - 1 > 65535):
@@ -40,7 +61,12 @@ class Command(BaseCommand):
         unknown = [name for name in wanted_loaded if canonical_name(name) not in map(canonical_name, names)]
         if unknown:
             raise CommandError(f"--loaded names models not in --models: {', '.join(unknown)}")
-        for flag, value in (("--ttft", ttft), ("--tps", tps), ("--load-time", load_time)):
+        for flag, value in (
+            ("--ttft", ttft),
+            ("--tps", tps),
+            ("--load-time", load_time),
+            ("--pull-seconds", pull_seconds),
+        ):
             if value < 0:
                 raise CommandError(f"{flag} must be >= 0")
         if tokens < 1:
@@ -56,6 +82,7 @@ class Command(BaseCommand):
                 ttft=ttft,
                 tokens_per_second=tps,
                 load_time=load_time,
+                pull_seconds=pull_seconds,
                 api_key=api_key,
                 ollama_api=not options["openai_only"],
                 fail=fail,
