@@ -58,5 +58,11 @@
     });
   }
 
-  if (document.querySelector("[data-operation-id]")) connect();
+  function start() {
+    if (document.querySelector("[data-operation-id]")) connect();
+  }
+
+  // The admin puts its scripts in <head>: wait for the page's rows.
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
 })();

@@ -29,6 +29,7 @@ function describe(event, context = {}) {
       list("new", d.added);
       list("removed", d.removed);
       list("new digest for", d.changed);
+      list("benchmarked", d.benchmarked);
       return `${d.host}: ${parts.join("; ") || "inventory refreshed"}`;
     }
     case "request_queued": {
