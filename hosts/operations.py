@@ -110,7 +110,8 @@ async def pull(op, progress):
                         layers[digest] = (int(item.get("completed") or 0), total)
                     done = sum(c for c, _ in layers.values())
                     size = sum(t for _, t in layers.values())
-                    await progress.update(message=status, completed=done if size else None, total=size or None)
+                    message = f"{status}: {_bytes(done)} of {_bytes(size)}" if size else status
+                    await progress.update(message=message, completed=done if size else None, total=size or None)
     except httpx.HTTPError as exc:
         where = f" at {op.percent:.0f}%" if op.percent is not None else ""
         raise Failed(f"lost the connection to {host.name}{where}: {describe_http_error(exc)}") from None
@@ -284,6 +285,13 @@ async def discover_hosts(op, progress):
 
 def _registered_urls():
     return {url: name for name, url in Host.objects.values_list("name", "base_url")}
+
+
+def _bytes(count):
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
 
 
 def _ns_to_ms(value):
