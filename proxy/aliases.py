@@ -20,6 +20,7 @@ from clood_site.db import in_db_thread
 from hosts.names import normalize_model_name
 from hosts.snapshot import refresh_forever
 from proxy.classify import classify
+from proxy.errors import ApiError
 from proxy.models import AUTO_ALIAS, Alias
 
 
@@ -208,11 +209,32 @@ def _tier_reason(route, link):
     text = route.tier_reason
     for note in route.notes:
         text += f"; {note}"
-    if link.tier != route.tier and route.tier in {shown(t) for t in route.alias.targets}:
-        text += f"; {route.tier} has no usable host, so {link.tier}"
-    elif link.tier != route.tier:
-        text += f", so {link.tier}"
-    return text
+    if link.tier == route.tier:
+        return text
+    wanted = [other for other in route.links if other.tier == route.tier]
+    if any(other.decision is not None and other.decision.candidates for other in wanted):
+        return text + f"; every host of the {route.tier} tier failed, so {link.tier}"
+    if wanted:
+        return text + f"; {route.tier} has no usable host, so {link.tier}"
+    return text + f", so {link.tier}"
+
+
+def unroutable_error(route, asked, garden):
+    """The error for a request whose route has no candidate at all: 404 when no host has any of its models, 503 when
+    hosts have them but none is usable now. `asked` is the name as the client wrote it."""
+    held = [link for link in route.links if garden.holders(link.model)]
+    if route.alias is not None:
+        targets = ", ".join(route.targets()) or "nothing"
+        if not held:
+            return ApiError(404, f"The model '{asked}' is an alias of {targets}, and no host has any of them.",
+                            param="model", code="model_not_found")  # fmt: skip
+        return ApiError(503, f"No usable host has any model of the alias '{asked}' ({targets}) right now.",
+                        code="no_usable_host", retry_after=5)  # fmt: skip
+    if not held:
+        return ApiError(404, f"The model '{asked}' does not exist on any host.", param="model", code="model_not_found")
+    why = "; ".join(f"{name}: {reason}" for name, reason in route.first_decision().excluded.items()
+                    if reason != "does not have the model")  # fmt: skip
+    return ApiError(503, f"No usable host has '{asked}' right now ({why}).", code="no_usable_host", retry_after=5)
 
 
 def first_held(models, garden, backends=("ollama", "openai")):

@@ -196,24 +196,7 @@ class RelayConsumer(ApiConsumer):
         await self._serve_with_failover(body, parsed, decisions)
 
     def _reject_unroutable(self, parsed, garden):
-        route = self.route
-        held = [link for link in route.links if garden.holders(link.model)]
-        if route.alias is not None:
-            targets = ", ".join(route.targets()) or "nothing"
-            if not held:
-                error = ApiError(404, f"The model '{parsed.model}' is an alias of {targets}, and no host has any of "
-                                 "them.", param="model", code="model_not_found")  # fmt: skip
-            else:
-                error = ApiError(503, f"No usable host has any model of the alias '{parsed.model}' ({targets}) right "
-                                 "now.", code="no_usable_host", retry_after=5)  # fmt: skip
-        elif not held:
-            error = ApiError(404, f"The model '{parsed.model}' does not exist on any host.", param="model",
-                             code="model_not_found")  # fmt: skip
-        else:
-            why = "; ".join(f"{name}: {reason}" for name, reason in self.decision.excluded.items()
-                            if reason != "does not have the model")  # fmt: skip
-            error = ApiError(503, f"No usable host has '{parsed.model}' right now ({why}).", code="no_usable_host",
-                             retry_after=5)  # fmt: skip
+        error = aliases.unroutable_error(self.route, parsed.model, garden)
         self._record(outcome="rejected", status=error.status, error=error.message)
         raise error
 
