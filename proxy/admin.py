@@ -1,4 +1,5 @@
-"""Admin screens for the proxy: API keys (the full key shown once), the request log (read-only), catfights."""
+"""Admin screens for the proxy: API keys (the full key shown once), aliases, the request log (read-only),
+catfights."""
 
 from datetime import timedelta
 
@@ -10,8 +11,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from hosts.names import model_name_problem
-from proxy.models import ApiKey, Catfight, CatfightEntry, ChallengeSet, RequestLog
+from hosts.models import Host, HostModel
+from hosts.names import model_name_problem, normalize_model_name
+from proxy import aliases
+from proxy.models import AUTO_ALIAS, Alias, ApiKey, Catfight, CatfightEntry, ChallengeSet, RequestLog
 
 
 class ModelListField(forms.CharField):
@@ -141,10 +144,73 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return response
 
 
+class AliasForm(forms.ModelForm):
+    targets = ModelListField(
+        label="Models",
+        help_text="Real model names in order of preference, one per line, e.g. qwen2.5-coder:7b then llama3.2:3b: "
+        "the first one a usable host holds is served, the others are fallbacks. For auto: its tier aliases, "
+        "e.g. fast, code, deep, writing.",
+    )
+
+    class Meta:
+        model = Alias
+        fields = ["name", "enabled", "targets", "description"]
+
+
+@admin.register(Alias)
+class AliasAdmin(admin.ModelAdmin):
+    form = AliasForm
+    list_display = ["name", "enabled", "chain", "serving_now", "description", "updated_at"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "description"]
+
+    @admin.display(description="models, in order")
+    def chain(self, alias):
+        return " → ".join(alias.targets or ())
+
+    @admin.display(description="serving now")
+    def serving_now(self, alias):
+        """The target a request would get now: the first one some enabled, online host with a closed circuit holds.
+        (Two small queries a row: an admin page, and there are a handful of aliases.)"""
+        held = _held_by_usable_hosts()
+
+        def first_held(keys):
+            return next((aliases.shown(k) for k in keys if k in held), None)
+
+        if alias.name_key in held:
+            return "the real model of this name (it wins over the alias)"
+        if alias.name_key == AUTO_ALIAS:
+            tiers = {a.name_key: a for a in Alias.objects.filter(enabled=True)}
+            shown = []
+            for key in alias.target_keys():
+                tier = tiers.get(key) if key not in held else None
+                shown.append(f"{aliases.shown(key)} → {first_held(tier.target_keys() if tier else [key]) or 'nothing'}")
+            return "depends on the prompt: " + "; ".join(shown)
+        return first_held(alias.target_keys()) or "nothing: no usable host has any of these models"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        aliases.invalidate()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        aliases.invalidate()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        aliases.invalidate()
+
+
+def _held_by_usable_hosts():
+    """Normalised names of the models some usable host (enabled, online, circuit closed) holds."""
+    rows = HostModel.objects.filter(host__enabled=True, host__online=True, host__circuit=Host.Circuit.CLOSED)
+    return {normalize_model_name(name) for name in rows.values_list("name", flat=True)}
+
+
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
     list_display = [
-        "queued_at", "endpoint", "model", "host", "outcome", "status", "stream", "cold_start",
+        "queued_at", "endpoint", "model", "served_model", "host", "outcome", "status", "stream", "cold_start",
         "ttft_ms_short", "duration_ms_short", "completion_tokens", "tokens_per_s_short", "client", "api_key_name",
     ]  # fmt: skip
     list_filter = ["outcome", "endpoint", "stream", "cold_start", "host", "api_key_name"]

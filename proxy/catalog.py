@@ -8,6 +8,7 @@ from django.conf import settings
 from clood_site import shared
 from hosts import monitor, snapshot
 from hosts.names import model_name_problem, normalize_model_name
+from proxy import aliases
 from proxy.consumers import ApiConsumer
 from proxy.errors import ApiError
 from proxy.state import admission, stats
@@ -55,6 +56,54 @@ def _ollama_model(model, host, extra=None):
     return {**entry, **(extra or {})}
 
 
+def _listed_aliases(garden, table, key, backends=("ollama", "openai")):
+    """[(AliasView, the model it serves now)] for the enabled aliases the key may use, that no real model shadows
+    and that some usable host can serve now."""
+    listed = []
+    for alias in table.by_key.values():
+        if not alias.enabled or garden.holders(alias.key) or (key is not None and not key.allows(alias.key)):
+            continue
+        serving = aliases.serving_now(alias, garden, table, backends)
+        if serving:
+            listed.append((alias, serving))
+    return sorted(listed, key=lambda pair: pair[0].key)
+
+
+def _alias_extra(alias, serving):
+    return {"alias": True, "targets": [aliases.shown(t) for t in alias.targets], "resolves_to": serving,
+            "description": alias.description}  # fmt: skip
+
+
+def _openai_alias(alias, serving):
+    return {
+        "id": alias.name,
+        "object": "model",
+        "created": int(alias.updated_at.timestamp()) if alias.updated_at else 0,
+        "owned_by": "clood",
+        "clood": _alias_extra(alias, serving),
+    }
+
+
+def _ollama_alias(alias, serving, garden):
+    """An alias in /api/tags: family "alias", sizes and quantisation of the model it serves now."""
+    model = next(h.models[normalize_model_name(serving)] for h in garden.holders(normalize_model_name(serving)))
+    return {
+        "name": alias.key,
+        "model": alias.key,
+        "modified_at": alias.updated_at.isoformat() if alias.updated_at else model.last_seen_at.isoformat(),
+        "size": model.size or 0,
+        "digest": "",
+        "details": {
+            "format": "alias",
+            "family": "alias",
+            "families": ["alias"],
+            "parameter_size": model.parameter_size,
+            "quantization_level": model.quantization,
+        },
+        "clood": _alias_extra(alias, serving),
+    }
+
+
 class CatalogConsumer(ApiConsumer):
     methods = ("GET", "HEAD")
 
@@ -69,6 +118,8 @@ class CatalogConsumer(ApiConsumer):
 
     async def answer_models(self, garden):
         data = [_openai_model(name, holders) for name, holders in _served_models(garden, self.key).items()]
+        table = await aliases.table()
+        data += [_openai_alias(alias, serving) for alias, serving in _listed_aliases(garden, table, self.key)]
         await self.send_json({"object": "list", "data": data})
 
     async def answer_model(self, garden):
@@ -78,12 +129,21 @@ class CatalogConsumer(ApiConsumer):
             raise ApiError(400, f"Invalid model name: {problem}.", param="model", code="invalid_model")
         holders = _served_models(garden, self.key).get(normalize_model_name(model_id))
         if not holders:
+            table = await aliases.table()
+            listed = dict(_listed_aliases(garden, table, self.key))
+            alias = table.get(normalize_model_name(model_id))
+            if alias in listed:
+                await self.send_json(_openai_alias(alias, listed[alias]))
+                return
             raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         await self.send_json(_openai_model(model_id, holders))
 
     async def answer_ollama_tags(self, garden):
         models = [_ollama_model(holders[0][1], holders[0][0])
                   for holders in _served_models(garden, self.key, ("ollama",)).values()]  # fmt: skip
+        table = await aliases.table()
+        models += [_ollama_alias(alias, serving, garden)
+                   for alias, serving in _listed_aliases(garden, table, self.key, ("ollama",))]  # fmt: skip
         await self.send_json({"models": models})
 
     async def answer_ollama_ps(self, garden):
@@ -146,6 +206,7 @@ class CatalogConsumer(ApiConsumer):
                                (live.circuit_state() if live else "closed"),
                 }
             )  # fmt: skip
+        table = await aliases.table()
         await self.send_json(
             {
                 "clood": CLOOD_VERSION,
@@ -155,6 +216,9 @@ class CatalogConsumer(ApiConsumer):
                 "in_flight": sum(admission.in_flight.values()),
                 "queued": admission.queued,
                 "hosts": hosts,
+                "aliases": [
+                    _alias_status(alias, garden, table) for alias in sorted(table.by_key.values(), key=lambda a: a.key)
+                ],
                 "cluster": {
                     "redis": shared.status(),
                     "process": shared.PROCESS_ID,
@@ -162,6 +226,21 @@ class CatalogConsumer(ApiConsumer):
                 },
             }
         )
+
+
+def _alias_status(alias, garden, table):
+    entry = {
+        "name": alias.name,
+        "targets": [aliases.shown(t) for t in alias.targets],
+        "enabled": alias.enabled,
+        "description": alias.description,
+        "shadowed_by_model": bool(garden.holders(alias.key)),  # a real model of the same name wins
+        "resolves_to": aliases.serving_now(alias, garden, table) if alias.enabled else None,
+    }
+    if alias.is_auto:
+        entry["resolves_to"] = None  # the tier depends on the prompt
+        entry["tiers"] = aliases.tier_models(alias, garden, table)
+    return entry
 
 
 def _version_key(version):

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from atc.events import apublish, publish
 from hosts import snapshot
-from proxy import keys, metrics, records
+from proxy import aliases, keys, metrics, records
 from proxy.endpoints import ENDPOINTS, parse, prompt_preview, upstream_body
 from proxy.errors import ApiError, in_band_error
 from proxy.relay import UpstreamError, relay
@@ -133,12 +133,20 @@ class RelayConsumer(ApiConsumer):
         self.flavour = self.endpoint.flavour
         self.request_id = secrets.token_hex(8)
         self.decision = None
+        self.route = None
         self.host_name = ""
 
     def extra_headers(self):
         headers = [(b"x-clood-request-id", self.request_id.encode())]
-        if self.decision is not None:
-            headers.append((b"x-clood-decision", self.decision.id.encode()))
+        decision = self.decision
+        if decision is not None:
+            headers.append((b"x-clood-decision", decision.id.encode()))
+            if decision.candidates:
+                headers.append((b"x-clood-model", decision.model.encode()))
+            if decision.auto is not None:
+                headers.append((b"x-clood-tier", decision.auto["tier"].encode()))
+        if self.route is not None and self.route.alias is not None:
+            headers.append((b"x-clood-alias", self.route.alias.name.encode()))
         if self.host_name:
             headers.append((b"x-clood-host", self.host_name.encode()))
         return headers
@@ -171,54 +179,63 @@ class RelayConsumer(ApiConsumer):
     async def _route_and_relay(self, body, parsed):
         self.prompt = prompt_preview(parsed.payload, settings.CLOOD_EVENT_PROMPT_CHARS)
         garden = await snapshot.ensure_fresh()
-        decision = choose_hosts(
-            parsed.model_key, garden, stats, admission.in_flight,
-            strategy=settings.CLOOD_ROUTING_STRATEGY, backends=self.endpoint.backends,
-        )  # fmt: skip
-        self.decision = decision
-        if not decision.candidates:
-            self._reject_unroutable(parsed, garden, decision)
-        for candidate in decision.candidates:
-            admission.set_limit(candidate.host.name, candidate.host.max_concurrency)
-        await self._serve_with_failover(body, parsed, decision)
 
-    def _reject_unroutable(self, parsed, garden, decision):
-        if not garden.holders(parsed.model_key):
-            error = ApiError(404, f"The model '{parsed.model}' does not exist on any host.", param="model",
-                             code="model_not_found")  # fmt: skip
-        else:
-            why = "; ".join(f"{name}: {reason}" for name, reason in decision.excluded.items()
-                            if reason != "does not have the model")  # fmt: skip
-            error = ApiError(503, f"No usable host has '{parsed.model}' right now ({why}).", code="no_usable_host",
-                             retry_after=5)  # fmt: skip
+        def choose(model):
+            return choose_hosts(model, garden, stats, admission.in_flight, strategy=settings.CLOOD_ROUTING_STRATEGY,
+                                backends=self.endpoint.backends)  # fmt: skip
+
+        # An alias becomes a chain of real models, each with its own decision; a plain model is a chain of one.
+        self.route = aliases.resolve(parsed.model_key, parsed.payload, garden, await aliases.table(), choose)
+        decisions = self.route.decisions()
+        if not decisions:
+            self.decision = self.route.first_decision()
+            self._reject_unroutable(parsed, garden)
+        for decision in decisions:
+            for candidate in decision.candidates:
+                admission.set_limit(candidate.host.name, candidate.host.max_concurrency)
+        await self._serve_with_failover(body, parsed, decisions)
+
+    def _reject_unroutable(self, parsed, garden):
+        error = aliases.unroutable_error(self.route, parsed.model, garden)
         self._record(outcome="rejected", status=error.status, error=error.message)
         raise error
 
-    async def _serve_with_failover(self, body, parsed, decision):
-        remaining = list(decision.candidates)
+    async def _serve_with_failover(self, body, parsed, decisions):
+        """Each decision's candidates in turn; when all of them fail, the next decision's (an alias's fallback)."""
         attempts = []
-        queue_wait_ms = None
+        self.queue_wait_ms = None  # the wait for the first slot
+        for index, decision in enumerate(decisions):
+            self.decision = decision
+            result = await self._serve_decision(body, parsed, decision, attempts, last=index == len(decisions) - 1)
+            if result is not None:
+                return result
+        self._fail_all(parsed, attempts, self.queue_wait_ms)
+
+    async def _serve_decision(self, body, parsed, decision, attempts, *, last):
+        """The decision's hosts, best first, until one answers: its result, or None when every one failed."""
+        remaining = list(decision.candidates)
         while remaining:
             wait_started = time.monotonic()
             host_name = await self._admit([c.host.name for c in remaining], parsed)
-            if queue_wait_ms is None:
-                queue_wait_ms = (time.monotonic() - wait_started) * 1000
+            if self.queue_wait_ms is None:
+                self.queue_wait_ms = (time.monotonic() - wait_started) * 1000
             candidate = next(c for c in remaining if c.host.name == host_name)
             remaining.remove(candidate)
             try:
-                result = await self._attempt(candidate, body, parsed, attempts, queue_wait_ms)
+                result = await self._attempt(candidate, body, parsed, attempts, self.queue_wait_ms)
             except UpstreamError as error:
                 stats.upstream_failed(host_name)
                 attempts.append({"host": host_name, "error": error.message, "status": error.status,
-                                 **({"timeout": True} if error.timeout else {})})  # fmt: skip
+                                 **({"timeout": True} if error.timeout else {}),
+                                 **({"model": decision.model} if decision.alias else {})})  # fmt: skip
                 await apublish("request_failed", id=self.request_id, model=parsed.model, host=host_name,
                                error=error.message, status=error.status, attempt=len(attempts),
-                               will_retry=bool(remaining))  # fmt: skip
+                               will_retry=bool(remaining) or not last)  # fmt: skip
                 continue
             finally:
                 self._release(host_name)
             return result
-        self._fail_all(parsed, attempts, queue_wait_ms)
+        return None
 
     async def _admit(self, hosts, parsed):
         if not self.endpoint.admitted:
@@ -254,10 +271,14 @@ class RelayConsumer(ApiConsumer):
         stats.attempt_started(host.name)
         started = time.monotonic()
         started_at = time.time()
+        decision = self.decision
+        alias = {"alias": decision.alias, "alias_reason": decision.alias_reason} if decision.alias else {}
+        if decision.auto is not None:
+            alias["auto"] = decision.auto
         await apublish(
-            "request_started", id=self.request_id, model=parsed.model, host=host.name, endpoint=self.endpoint.name,
-            stream=parsed.stream, cold=cold, attempt=len(attempts) + 1, decision=self.decision.as_dict(),
-            client=self._client(), prompt=self.prompt,
+            "request_started", id=self.request_id, model=parsed.model, resolved_model=decision.model, **alias,
+            host=host.name, endpoint=self.endpoint.name, stream=parsed.stream, cold=cold, attempt=len(attempts) + 1,
+            decision=decision.as_dict(), client=self._client(), prompt=self.prompt,
         )  # fmt: skip
         fmt = ("sse" if self.flavour == "openai" else "ndjson") if parsed.stream else "json"
         telemetry = Telemetry(fmt, started)
@@ -328,7 +349,8 @@ class RelayConsumer(ApiConsumer):
             status = 503  # every host was busy: worth retrying soon
         else:
             status = 502
-        error = ApiError(status, f"Every host for '{parsed.model}' failed: {tried}", code="upstream_failed",
+        asked = f"'{parsed.model}' ({', '.join(self.route.targets())})" if self.route.alias else f"'{parsed.model}'"
+        error = ApiError(status, f"Every host for {asked} failed: {tried}", code="upstream_failed",
                          retry_after=5 if status == 503 else None)  # fmt: skip
         self._record(outcome="failed", status=status, error=error.message, attempts=attempts,
                      queue_wait_ms=queue_wait_ms)  # fmt: skip
@@ -346,6 +368,7 @@ class RelayConsumer(ApiConsumer):
             decision_id=self.decision.id if self.decision else "",
             endpoint=self.endpoint.name,
             model=parsed.model if parsed else "",
+            served_model=self.decision.model if self.decision is not None and host else "",
             host=host,
             client=self._client(),
             api_key_id=self.key.id if self.key else None,

@@ -1,11 +1,14 @@
-"""What the proxy keeps: API keys, one RequestLog row per client request (written in batches, off the hot path),
-and catfights."""
+"""What the proxy keeps: API keys, aliases, one RequestLog row per client request (written in batches, off the hot
+path), and catfights."""
 
 import hashlib
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from hosts.names import model_name_problem, normalize_model_name
 
 KEY_PREFIX = "clood-"
 KEY_PREFIX_SHOWN = 12  # characters of a key kept in clear, to recognise it in lists
@@ -56,6 +59,88 @@ class ApiKey(models.Model):
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
 
+AUTO_ALIAS = "auto:latest"  # the normalised name of the alias that picks a tier by the prompt
+
+
+class Alias(models.Model):
+    """A name such as `fast` that stands for an ordered list of real models: a request for it is served by the first
+    one some usable host holds, and the rest are its fallbacks. Only `auto` may list other aliases (its tiers)."""
+
+    name = models.CharField(
+        max_length=255,
+        help_text="The name clients ask for, e.g. fast or code. Compared like model names: fast is fast:latest. "
+        "A host's real model of the same name wins over the alias.",
+    )
+    name_key = models.CharField(max_length=255, unique=True, editable=False)  # normalised, for uniqueness
+    targets = models.JSONField(
+        default=list,
+        help_text="Real model names in order of preference, one per line: the first one a usable host holds is "
+        "served, the others are fallbacks. For auto: the tier aliases it may pick, e.g. fast, code, deep, writing.",
+    )
+    description = models.TextField(blank=True, default="", help_text="What the alias is for (shown to people).")
+    enabled = models.BooleanField(default=True, help_text="A disabled alias is an unknown model to clients.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "aliases"
+
+    def __str__(self):
+        return self.name
+
+    def save(self, *args, **kwargs):
+        self.name = self.name.strip()
+        self.name_key = normalize_model_name(self.name)
+        super().save(*args, **kwargs)
+
+    @property
+    def is_auto(self):
+        return normalize_model_name(self.name) == AUTO_ALIAS
+
+    def clean(self):
+        errors = {}
+        problem = model_name_problem(self.name)
+        key = normalize_model_name(self.name)
+        others = {a.name_key: a for a in Alias.objects.exclude(pk=self.pk)}
+        if problem:
+            errors["name"] = f"'{self.name}' cannot be an alias name: {problem}."
+        elif key in others:
+            errors["name"] = f"There is already an alias '{others[key].name}' ({key})."
+        elif key != AUTO_ALIAS:
+            listing = sorted(a.name for a in others.values() if a.name_key != AUTO_ALIAS and key in a.target_keys())
+            if listing:
+                errors["name"] = (f"The alias {', '.join(listing)} lists {self.name} as a model; only auto may "
+                                  "list aliases.")  # fmt: skip
+        targets_error = self._targets_problem(key, others)
+        if targets_error:
+            errors["targets"] = targets_error
+        if errors:
+            raise ValidationError(errors)
+
+    def _targets_problem(self, key, others):
+        targets = self.targets
+        if not isinstance(targets, list) or not targets:
+            return "List at least one model."
+        for target in targets:
+            problem = model_name_problem(target)
+            if problem:
+                return f"'{target}' is not a model name: {problem}."
+        keys = self.target_keys()
+        if key in keys:
+            return "An alias may not list itself."
+        repeated = sorted({t for t in keys if keys.count(t) > 1})
+        if repeated:
+            return f"{', '.join(repeated)} is listed more than once."
+        nested = [t for t in keys if t in others]
+        if nested and key != AUTO_ALIAS:
+            return f"{', '.join(nested)} is an alias: only auto may list aliases. List the real models instead."
+        return None
+
+    def target_keys(self):
+        return [normalize_model_name(t) for t in self.targets or () if isinstance(t, str)]
+
+
 class RequestLog(models.Model):
     class Outcome(models.TextChoices):
         OK = "ok", "completed"
@@ -67,7 +152,8 @@ class RequestLog(models.Model):
     request_id = models.CharField(max_length=32, unique=True)
     decision_id = models.CharField(max_length=32, blank=True, default="")
     endpoint = models.CharField(max_length=64)
-    model = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    model = models.CharField(max_length=255, blank=True, default="", db_index=True)  # as the client asked
+    served_model = models.CharField(max_length=255, blank=True, default="")  # the real model (an alias resolved)
     host = models.CharField(max_length=64, blank=True, default="", db_index=True)
     client = models.CharField(max_length=128, blank=True, default="")
     # No database constraint: rows are written in batches and must not fail when a key was deleted meanwhile.

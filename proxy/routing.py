@@ -23,7 +23,8 @@ class Candidate:
     loaded: bool
     in_flight: int
     max_concurrency: int
-    speed_ms: float | None  # observed p50 TTFT, else smoothed health-check latency
+    speed_ms: float | None  # see _speed_of: observed p50 TTFT, else the model's benchmark, else health check
+    speed_source: str = "health check"  # "observed" | "benchmark" | "health check"
     score: dict = field(default_factory=dict)
 
     @property
@@ -37,6 +38,7 @@ class Candidate:
             "in_flight": self.in_flight,
             "max_concurrency": self.max_concurrency,
             "speed_ms": round(self.speed_ms, 1) if self.speed_ms is not None else None,
+            "speed_source": self.speed_source,
             "priority": self.host.priority,
             **self.score,
         }
@@ -50,16 +52,26 @@ class Decision:
     excluded: dict  # host name -> why it was not a candidate
     reason: str
     id: str = field(default_factory=lambda: secrets.token_hex(6))
+    # Set by proxy.aliases when the client asked for an alias: its name, why this model, and auto's tier choice.
+    alias: str = ""
+    alias_reason: str = ""
+    auto: dict | None = None
 
     def as_dict(self):
-        return {
+        answer = {
             "id": self.id,
             "model": self.model,
+            "resolved_model": self.model,
             "strategy": self.strategy,
             "candidates": [c.as_dict() for c in self.candidates],
             "excluded": self.excluded,
             "reason": self.reason,
         }
+        if self.alias:
+            answer.update(alias=self.alias, alias_reason=self.alias_reason)
+        if self.auto is not None:
+            answer["auto"] = self.auto
+        return answer
 
 
 def choose_hosts(model, snapshot, stats, in_flight, *, strategy="smart", backends=("ollama", "openai")):
@@ -71,8 +83,8 @@ def choose_hosts(model, snapshot, stats, in_flight, *, strategy="smart", backend
             excluded[host.name] = why_not
             continue
         host_stats = stats.hosts.get(host.name)
-        observed = host_stats.p50_ttft_ms() if host_stats else None
         loaded = host.models[model].loaded or bool(host_stats and host_stats.recently_loaded(model))
+        speed_ms, speed_source = _speed_of(host, host.models[model], host_stats)
         candidates.append(
             Candidate(
                 host=host,
@@ -80,13 +92,25 @@ def choose_hosts(model, snapshot, stats, in_flight, *, strategy="smart", backend
                 loaded=loaded,
                 in_flight=in_flight.get(host.name, 0),
                 max_concurrency=host.max_concurrency,
-                speed_ms=observed if observed is not None else host.latency_ms,
+                speed_ms=speed_ms,
+                speed_source=speed_source,
             )
         )
     ordered = _ORDER[strategy](candidates)
     for rank, candidate in enumerate(ordered, 1):
         candidate.score["rank"] = rank
     return Decision(model, strategy, ordered, excluded, _reason(strategy, ordered, excluded, model))
+
+
+def _speed_of(host, model, host_stats):
+    """How fast the host answers, best evidence first: the p50 TTFT live traffic measured, else the admin's benchmark
+    of this model on this host, else the smoothed health-check latency. Returns (ms or None, source)."""
+    observed = host_stats.p50_ttft_ms() if host_stats else None
+    if observed is not None:
+        return observed, "observed"
+    if model.bench_ttft_ms is not None:
+        return model.bench_ttft_ms, "benchmark"
+    return host.latency_ms, "health check"
 
 
 def _why_not(host, model, stats, backends):
@@ -170,7 +194,7 @@ def _reason(strategy, ordered, excluded, model):
     elif strategy == "priority":
         text = f"{best.host.name} has the best priority ({best.host.priority})"
     elif strategy == "fastest":
-        speed = f"{best.speed_ms:.0f} ms" if best.speed_ms is not None else "unknown speed"
+        speed = f"{best.speed_ms:.0f} ms, {best.speed_source}" if best.speed_ms is not None else "unknown speed"
         text = f"{best.host.name} is the fastest ({speed})"
     elif strategy == "least-loaded":
         text = f"{best.host.name} is the least loaded ({slots})"

@@ -7,20 +7,22 @@ from proxy.routing import choose_hosts
 from proxy.stats import LiveStats
 
 
-def model(name="llama3.2:1b", loaded=False):
+def model(name="llama3.2:1b", loaded=False, bench_ttft_ms=None):
     return ModelView(
         name=name, remote_name=name, digest="d", size=1, family="llama", parameter_size="1B", quantization="Q4",
         capabilities=(), context_length=None, loaded=loaded, loaded_until=None, size_vram=None, last_seen_at=None,
+        bench_ttft_ms=bench_ttft_ms,
     )  # fmt: skip
 
 
 def host(name, *, models=("llama3.2:1b",), loaded=(), priority=100, latency=10.0, online=True, enabled=True,
-         circuit="closed", backend="ollama", slots=2):  # fmt: skip
+         circuit="closed", backend="ollama", slots=2, bench=None):  # fmt: skip
+    """A HostView; `bench` is the benchmark TTFT (ms) of each of its models."""
     return HostView(
         id=hash(name), name=name, base_url=f"http://{name}", backend=backend, priority=priority, enabled=enabled,
         online=online, circuit=circuit, latency_ms=latency, max_concurrency=slots, api_key="", version="0.6.5",
         last_checked_at=None, last_error="", hardware_cpu="", hardware_gpu="", hardware_memory="", notes="",
-        models={m: model(m, loaded=m in loaded) for m in models},
+        models={m: model(m, loaded=m in loaded, bench_ttft_ms=bench) for m in models},
     )  # fmt: skip
 
 
@@ -59,6 +61,34 @@ def test_observed_ttft_beats_health_check_latency():
     stats.host("a").ttft_ms.extend([500, 600])
     names, _ = order([host("a", latency=1), host("b", latency=20)], stats=stats)
     assert names == ["b", "a"]
+
+
+@pytest.mark.parametrize("strategy", ["fastest", "smart"])
+def test_a_benchmarked_fast_host_wins_when_no_live_traffic_measured_either(strategy):
+    # By health check "slow-bench" looks faster; its benchmark says it takes 900 ms to the first token.
+    hosts = [host("slow-bench", latency=1, bench=900.0), host("fast-bench", latency=40, bench=60.0)]
+    names, decision = order(hosts, strategy=strategy)
+    assert names == ["fast-bench", "slow-bench"]
+    candidates = {c["host"]: c for c in decision.as_dict()["candidates"]}
+    assert candidates["fast-bench"]["speed_source"] == "benchmark" and candidates["fast-bench"]["speed_ms"] == 60.0
+
+
+@pytest.mark.parametrize("strategy", ["fastest", "smart"])
+def test_live_traffic_overrides_a_benchmark(strategy):
+    stats = LiveStats()
+    stats.host("slow-bench").ttft_ms.extend([20, 20])  # measured fast since the benchmark
+    hosts = [host("slow-bench", latency=1, bench=900.0), host("fast-bench", latency=40, bench=60.0)]
+    names, decision = order(hosts, strategy=strategy, stats=stats)
+    assert names == ["slow-bench", "fast-bench"]
+    sources = {c["host"]: c["speed_source"] for c in decision.as_dict()["candidates"]}
+    assert sources == {"slow-bench": "observed", "fast-bench": "benchmark"}
+
+
+def test_without_traffic_or_benchmark_the_health_check_latency_is_the_speed():
+    _, decision = order([host("a", latency=7)], strategy="fastest")
+    (candidate,) = decision.as_dict()["candidates"]
+    assert candidate["speed_ms"] == 7.0 and candidate["speed_source"] == "health check"
+    assert "health check" in decision.reason
 
 
 def test_priority_strategy():
