@@ -15,7 +15,7 @@ import time
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from atc import events
@@ -167,8 +167,8 @@ def _launch(ids, one_at_a_time=False):
     loop = _server_loop
     if loop is not None and loop.is_running():
         asyncio.run_coroutine_threadsafe(_start(ids, one_at_a_time), loop)
-    else:
-        async_to_sync(_run_here)(ids, one_at_a_time)
+    else:  # one at a time: the caller waits anyway, and SQLite's in-memory test database takes one writer
+        async_to_sync(_run_here)(ids, True)
 
 
 async def _run_here(ids, one_at_a_time):
@@ -229,12 +229,22 @@ class Progress:
         if now - self.saved_at >= SAVE_INTERVAL:
             await self.save()
 
-    async def save(self, *fields):
+    async def save(self, *fields, attempts=1):
+        """Write the operation's row. A database error is logged, never raised: the events carry the progress, and
+        the outcome is tried `attempts` times (a busy SQLite file frees up in a moment)."""
         self.saved_at = time.monotonic()
         op = self.operation
         op.updated_at = timezone.now()
         fields = fields or ("message", "completed", "total")
-        await in_db_thread(op.save)(update_fields=[*fields, "updated_at"])
+        for attempt in range(attempts):
+            try:
+                await in_db_thread(op.save)(update_fields=[*fields, "updated_at"])
+                return
+            except DatabaseError as exc:
+                if attempt == attempts - 1:
+                    log.warning("could not save garden operation %s: %s", op, exc)
+                else:
+                    await asyncio.sleep(0.2 * (attempt + 1))
 
     async def beat(self):
         while True:
@@ -245,12 +255,16 @@ class Progress:
 
 async def run(pk):
     """Run one operation to its end. Never raises (but for cancellation)."""
-    op = await in_db_thread(GardenOperation.objects.select_related("host").filter(pk=pk).first)()
+    try:
+        op = await in_db_thread(GardenOperation.objects.select_related("host").filter(pk=pk).first)()
+    except DatabaseError:
+        log.exception("could not read garden operation #%s; it does not run", pk)
+        return
     if op is None or not op.active:
         return
     op.status, op.started_at = Status.RUNNING, timezone.now()
     progress = Progress(op)
-    await progress.save("status", "started_at")
+    await progress.save("status", "started_at", attempts=5)
     await apublish("operation_started", **op.as_event())
     beat = asyncio.create_task(progress.beat())
     try:
@@ -278,7 +292,7 @@ async def _finish(op, progress):
     op.finished_at = timezone.now()
     if op.status == Status.FAILED:
         log.warning("garden operation %s failed: %s", op, op.error)
-    await progress.save("status", "error", "result", "finished_at", "message", "completed", "total")
+    await progress.save("status", "error", "result", "finished_at", "message", "completed", "total", attempts=5)
     await apublish("operation_finished", **op.as_event(), result=_public_result(op))
 
 

@@ -142,3 +142,13 @@ def test_discover_finds_a_host_on_loopback_and_imports_it(admin, garden):
     screenshot(admin, "garden-discover")
     admin.click("#import-form input[name=import]")
     expect(admin.locator("#result_list")).to_contain_text(f"local-{gamma.port}")
+
+
+def test_an_alias_request_shows_the_model_it_became_on_atc(atc, garden):
+    from openai import OpenAI
+
+    garden.manage("aliases", "set", "fast", "no-such-model:1b", "llama3.2:1b")
+    client = OpenAI(base_url=garden.url + "/v1", api_key="not-needed", max_retries=0)
+    wait_until(lambda: "fast" in [m.id for m in client.models.list()], timeout=15, what="the alias to be listed")
+    client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hello"}])
+    expect(atc.locator("#feed")).to_contain_text("fast → llama3.2:1b → alpha")

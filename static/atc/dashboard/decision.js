@@ -8,7 +8,8 @@ export function showDecision(event) {
   const decision = d.decision || {};
   const body = $("detail-body");
   body.replaceChildren();
-  $("detail-title").textContent = `${d.model} → ${d.host}`;
+  const served = d.alias && d.resolved_model ? ` → ${d.resolved_model}` : "";
+  $("detail-title").textContent = `${d.model}${served} → ${d.host}`;
 
   const facts = el("dl", "facts");
   const fact = (label, value) => {
@@ -17,6 +18,8 @@ export function showDecision(event) {
   };
   fact("when", fmtClock(event.ts));
   fact("strategy", decision.strategy);
+  if (d.auto) fact("auto tier", `${d.auto.tier}: ${d.auto.reason}`);
+  fact("alias", d.alias_reason);
   fact("reason", decision.reason);
   fact("start", `${d.cold ? "cold" : "warm"}${d.attempt > 1 ? `, attempt ${d.attempt}` : ""}`);
   fact("endpoint", `${d.endpoint || ""}${d.stream ? " (stream)" : ""}`);
@@ -41,7 +44,8 @@ export function showDecision(event) {
       const score = Array.isArray(c.key) ? c.key.join(" · ") : c.load !== undefined ? `load ${c.load}` : "";
       for (const value of [
         c.rank, c.host, c.loaded ? "loaded" : "no", `${c.in_flight}/${c.max_concurrency}`,
-        c.speed_ms === null || c.speed_ms === undefined ? "–" : fmtMs(c.speed_ms), c.priority, score,
+        c.speed_ms === null || c.speed_ms === undefined ? "–"
+          : `${fmtMs(c.speed_ms)}${c.speed_source ? ` (${c.speed_source})` : ""}`, c.priority, score,
       ]) {
         row.append(el("td", null, value));
       }

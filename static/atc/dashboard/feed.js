@@ -39,7 +39,9 @@ function describe(event, context = {}) {
     case "request_started": {
       const reason = d.decision && d.decision.reason ? `: ${d.decision.reason}` : "";
       const attempt = d.attempt > 1 ? ` (attempt ${d.attempt})` : "";
-      return `${model} → ${d.host} (${d.cold ? "cold" : "warm"})${attempt}${reason}`;
+      const served = d.alias && d.resolved_model ? ` → ${d.resolved_model}` : ""; // an alias, and what it became
+      const tier = d.auto ? ` [${d.auto.tier}]` : "";
+      return `${model}${tier}${served} → ${d.host} (${d.cold ? "cold" : "warm"})${attempt}${reason}`;
     }
     case "request_first_token":
       return `first token${model ? ` of ${model}` : ""} from ${d.host} after ${fmtMs(d.ttft_ms)}`;
