@@ -3,13 +3,14 @@
 Tests start it as a fixture, `bench/` as a cheap upstream and `manage.py simhost` lets people try clood without
 Ollama. Models, pacing, cold loads and failures come from a mutable `SimConfig`; nothing here needs Django.
 This module owns the config, the server and the `/_sim/*` control endpoints; the request plumbing the routes share
-(middleware, failures, pacing, body helpers) lives in `simulator_requests`, the routes themselves in
-`simulator_ollama` (`/`, `/api/*`) and `simulator_openai` (`/v1/*`).
+(middleware, failures, pacing, body helpers) lives in `simulator_requests`, what answers say (reply text, token
+counts, tool calls, embeddings) in `simulator_replies`, the models and the library with Ollama's model-store routes
+(pull, delete, copy) in `simulator_store`, the other routes in `simulator_ollama` (`/`, `/api/*`) and
+`simulator_openai` (`/v1/*`).
 """
 
 import asyncio
 import dataclasses
-import hashlib
 import random
 import threading
 import time
@@ -19,21 +20,20 @@ from aiohttp import web
 
 from hosts.simulator_ollama import add_ollama_routes
 from hosts.simulator_openai import add_openai_routes
+from hosts.simulator_replies import EMBEDDING_DIMENSION, embedding_vector, reply_text
 from hosts.simulator_requests import (
     BAD_UTF8,
     BUSY_MESSAGE,
-    EMBEDDING_DIMENSION,
     FAIL_MODES,
     GENERATION_PATHS,
     HOST,
     HUGE_BODY_BYTES,
     HUGE_LINE_BYTES,
     WRONG_MODEL,
-    embedding_vector,
-    reply_text,
     simulate,
     wait_forever,
 )
+from hosts.simulator_store import SimModel, add_store_routes, canonical_name, default_library, model_list
 
 # Re-exported for code that imports them from here.
 __all__ = [
@@ -50,76 +50,12 @@ __all__ = [
     "SimulatedHost",
     "build_app",
     "canonical_name",
+    "default_library",
     "embedding_vector",
     "reply_text",
     "serve",
     "start_in_thread",
 ]
-
-
-@dataclass
-class SimModel:
-    name: str
-    digest: str = ""  # sha256 hex of the name when not given
-    size: int = 1_300_000_000
-    family: str = "llama"
-    parameter_size: str = "1B"
-    quantization: str = "Q4_K_M"
-    capabilities: list[str] | None = None  # ["completion"], or ["embedding"] when the name contains "embed"
-    context_length: int = 4096
-    loaded: bool = False
-    expires_at: float | None = None  # epoch seconds while loaded; None = loaded until told otherwise
-
-    def __post_init__(self):
-        self.digest = self.digest or hashlib.sha256(self.name.encode()).hexdigest()
-        if self.capabilities is None:
-            self.capabilities = ["embedding"] if "embed" in self.name.lower() else ["completion"]
-
-    @property
-    def tag_name(self):
-        """The name as Ollama lists it: with its tag, `:latest` when none was given."""
-        return self.name if ":" in self.name.rsplit("/", 1)[-1] else f"{self.name}:latest"
-
-
-def default_library():
-    """What the simulated registry offers to `/api/pull`: a few real models with their real sizes and details."""
-    return [
-        SimModel("llama3.2:1b", size=1_321_098_329, parameter_size="1.2B", context_length=131072),
-        SimModel("llama3.2:3b", size=2_019_393_189, parameter_size="3.2B", context_length=131072),
-        SimModel("qwen2.5-coder:7b", size=4_683_087_332, family="qwen2", parameter_size="7.6B", context_length=32768),
-        SimModel(
-            "nomic-embed-text",
-            size=274_302_450,
-            family="nomic-bert",
-            parameter_size="137M",
-            quantization="F16",
-            context_length=2048,
-        ),
-        SimModel("mistral:7b", size=4_113_301_824, parameter_size="7.2B", context_length=32768),
-        SimModel("deepseek-r1:1.5b", size=1_117_322_599, family="qwen2", parameter_size="1.8B", context_length=131072),
-    ]
-
-
-def _model_list(field_name, items):
-    """`items` as SimModels (each a SimModel, a name, or an object of SimModel fields); ValueError says which is bad."""
-    if not isinstance(items, list | tuple):
-        raise ValueError(f"{field_name} must be a list of models (names or objects)")
-    known = {f.name for f in dataclasses.fields(SimModel)}
-    models = []
-    for index, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"name": item}
-        if isinstance(item, dict):
-            unknown = sorted(set(item) - known)
-            if unknown:
-                raise ValueError(f"{field_name}[{index}] has unknown fields: {', '.join(unknown)}")
-            item = SimModel(**item) if isinstance(item.get("name"), str) and item["name"].strip() else None
-        if not isinstance(item, SimModel):
-            raise ValueError(f"{field_name}[{index}] must be a model name or an object with a non-empty name")
-        if isinstance(item.size, bool) or not isinstance(item.size, int) or item.size <= 0:
-            raise ValueError(f"{field_name}[{index}].size must be a whole number of bytes > 0, not {item.size!r}")
-        models.append(item)
-    return models
 
 
 @dataclass
@@ -147,8 +83,8 @@ class SimConfig:
     pull_seconds: float = 0.0
 
     def __post_init__(self):
-        self.models = _model_list("models", self.models)
-        self.library = _model_list("library", self.library)
+        self.models = model_list("models", self.models)
+        self.library = model_list("library", self.library)
         paths = self.fail_paths
         if paths is not None and not (isinstance(paths, list | tuple) and all(isinstance(p, str) for p in paths)):
             raise ValueError("fail_paths must be a list of path prefixes (or null)")
@@ -230,47 +166,6 @@ class SimulatedHost:
     def find_model(self, name):
         wanted = canonical_name(name)
         return next((m for m in self.config.models if canonical_name(m.name) == wanted), None)
-
-    def find_in_library(self, name):
-        wanted = canonical_name(name)
-        return next((m for m in self.config.library if canonical_name(m.name) == wanted), None)
-
-    def add_pulled(self, entry):
-        """A pull of library `entry` finished: list it (not loaded), or bring the copy already here up to date."""
-        present = self.find_model(entry.name)
-        fields = {"digest", "size", "family", "parameter_size", "quantization", "capabilities", "context_length"}
-        if present is None:
-            present = dataclasses.replace(entry, loaded=False, expires_at=None)
-            self.config.models.append(present)
-        else:
-            for name in fields:
-                setattr(present, name, getattr(entry, name))
-        present.capabilities = list(entry.capabilities)  # its own list, not the library's
-
-    def delete_model(self, name):
-        """Remove the model `name` (listed and running); False when there is none."""
-        model = self.find_model(name)
-        if model is None:
-            return False
-        self.config.models.remove(model)
-        return True
-
-    def copy_model(self, source, destination):
-        """List `source` again as `destination` (same digest, not loaded), replacing one of that name; False when
-        `source` is missing."""
-        model = self.find_model(source)
-        if model is None:
-            return False
-        name = destination.strip()
-        for prefix in ("registry.ollama.ai/", "library/"):
-            name = name[len(prefix) :] if name.lower().startswith(prefix) else name
-        copy = dataclasses.replace(model, name=name, loaded=False, expires_at=None)
-        existing = self.find_model(name)
-        if existing is None:
-            self.config.models.append(copy)
-        else:
-            self.config.models[self.config.models.index(existing)] = copy
-        return True
 
     def is_loaded(self, model):
         if not model.loaded:
@@ -403,14 +298,6 @@ async def serve(configs_with_ports, on_ready=None):
             await host.close()
 
 
-def canonical_name(name):
-    """Ollama's identity for a model name: case-insensitive, `:latest` when untagged, `library/` implied."""
-    name = str(name or "").strip().lower()
-    for prefix in ("registry.ollama.ai/", "library/"):
-        name = name.removeprefix(prefix)
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
 # --- runtime control -----------------------------------------------------------------------------------------------
 
 
@@ -450,6 +337,7 @@ def build_app(host):
     app[HOST] = host
     routes = app.router
     add_ollama_routes(app)
+    add_store_routes(app)
     routes.add_get("/health", health)
     add_openai_routes(app)
     routes.add_get("/_sim/stats", control_stats)

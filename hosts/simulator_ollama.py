@@ -1,49 +1,35 @@
-"""The simulated host's Ollama-native routes (`/`, `/api/*`), answering as Ollama does: models, generation, and
-the model store (pull, delete, copy)."""
+"""The simulated host's Ollama-native routes (`/`, `/api/*`), answering as Ollama does: models and generation.
+The model store's routes (pull, delete, copy) are in `simulator_store`."""
 
-import asyncio
-import hashlib
-import json
-import math
-import re
 import time
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from hosts.simulator_requests import (
+from hosts.simulator_replies import (
     EMBEDDING_DIMENSION,
-    FAULT,
+    chosen_tool,
+    count_words,
+    embedding_vector,
+    reply_text,
+    token_count,
+)
+from hosts.simulator_requests import (
     HOST,
     MODIFIED_AT,
-    NDJSON,
     WORDS,
     Generation,
     Refused,
     answered_model,
-    chosen_tool,
-    count_words,
-    drop_connection,
-    embedding_vector,
     json_object,
     keep_alive_seconds,
-    reply_text,
+    ndjson_line,
     requested_model,
-    token_count,
 )
+from hosts.simulator_store import UNKNOWN_MODEL_MESSAGE, layers  # noqa: F401 -- re-exported; they lived here
 
 # Ollama shows a model kept forever (keep_alive < 0) as expiring after Go's longest duration, ~292 years.
 FOREVER_SECONDS = 292 * 365 * 24 * 3600
-# Ollama's words when the registry has no such model, and for a name it cannot parse.
-UNKNOWN_MODEL_MESSAGE = "pull model manifest: file does not exist"
-INVALID_NAME_MESSAGE = "invalid model name"
-PULL_TICK = 0.1  # seconds between a paced pull's progress lines, at most
-PULL_STEPS = 4  # progress lines after the first for the weights, at least
-# The blobs besides the weights in a model's manifest, in Ollama's order, with typical sizes in bytes.
-SMALL_LAYERS = {"template": 1_429, "license": 7_711, "params": 96, "config": 485}
-# [host[:port]/][namespace/]model[:tag], as Ollama's model.ParseName accepts them.
-_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
-_MODEL_NAME = re.compile(rf"(?:{_PART}(?::\d+)?/)?(?:{_PART}/)?{_PART}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,79}})?")
 
 
 def add_ollama_routes(app):
@@ -56,13 +42,6 @@ def add_ollama_routes(app):
     app.router.add_post("/api/generate", generate)
     app.router.add_post("/api/embed", embed)
     app.router.add_post("/api/embeddings", embeddings_legacy)
-    app.router.add_post("/api/pull", pull)
-    app.router.add_delete("/api/delete", delete)
-    app.router.add_post("/api/copy", copy)
-
-
-def _ndjson(payload):
-    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
 
 
 def rfc3339(moment):
@@ -192,7 +171,7 @@ async def _ollama_reply(request, body, model, prompt_tokens, piece, empty=False,
     count, limited = token_count(options.get("num_predict"), host.config.reply_tokens, model.context_length)
     count = 1 if tool_call else count
     stream = body.get("stream", True) is not False
-    chunks = [_ndjson({**head, **(tool_call or piece(word)), "done": False}) for word in WORDS] if stream else None
+    chunks = [ndjson_line({**head, **(tool_call or piece(word)), "done": False}) for word in WORDS] if stream else None
     async with Generation(request, model, body.get("keep_alive")) as gen:
         await gen.produce(count, chunks)
         summary = {
@@ -203,7 +182,7 @@ async def _ollama_reply(request, body, model, prompt_tokens, piece, empty=False,
             "eval_count": count,
         }
         if stream:
-            await gen.send(_ndjson({**head, **piece(""), **summary}))
+            await gen.send(ndjson_line({**head, **piece(""), **summary}))
         else:
             await gen.answer(web.json_response({**head, **(tool_call or piece(reply_text(count))), **summary}))
     return gen.response
@@ -241,154 +220,3 @@ async def embeddings_legacy(request):
         await gen.load()
         gen.response = web.json_response({"embedding": embedding_vector(prompt)})
     return gen.response
-
-
-# --- the model store -----------------------------------------------------------------------------------------------
-
-
-def valid_model_name(name):
-    return isinstance(name, str) and _MODEL_NAME.fullmatch(name.strip()) is not None
-
-
-def _quoted(value):
-    """A value as Go's %q writes it in Ollama's messages."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def layers(model):
-    """The blobs a pull of `model` fetches, as (digest, size): the weights, then SMALL_LAYERS; sizes add to its
-    size. Digests follow from the model's digest, so a changed model has new layers."""
-    sizes = {"model": max(1, model.size - sum(SMALL_LAYERS.values())), **SMALL_LAYERS}
-    return [("sha256:" + hashlib.sha256(f"{model.digest}:{kind}".encode()).hexdigest(), n) for kind, n in sizes.items()]
-
-
-async def pull(request):
-    """Fetch a model from `config.library`: NDJSON progress lines, as Ollama streams them, or one line at the end
-    with `"stream": false`. A model already here with the library's digest is only checked, each layer at once."""
-    host = request.app[HOST]
-    body = json_object(request)
-    name = body.get("model") or body.get("name")
-    if not valid_model_name(name):
-        raise Refused(400, INVALID_NAME_MESSAGE)
-    progress = PullProgress(request, stream=body.get("stream", True) is not False)
-    try:
-        await progress.send({"status": "pulling manifest"})
-        entry = host.find_in_library(name)
-        if entry is None:
-            return await progress.fail(UNKNOWN_MODEL_MESSAGE)
-        present = host.find_model(name)
-        fetched = present is not None and present.digest == entry.digest
-        await _download(progress, layers(entry), 0.0 if fetched else host.config.pull_seconds, fetched)
-        await progress.send({"status": "verifying sha256 digest"})
-        await progress.send({"status": "writing manifest"})
-        host.add_pulled(entry)
-        await progress.send({"status": "success"})
-        return await progress.finish()
-    except ConnectionError:
-        return web.Response(status=499, reason="Client Closed Request")  # never reaches anyone
-
-
-async def _download(progress, blobs, seconds, fetched):
-    """Progress lines for each blob, `seconds` spread over them by size; a blob already here shows complete at once.
-    As in Ollama, `completed` is left out while it is 0."""
-    loop = asyncio.get_running_loop()
-    begin, total_bytes, done_bytes = loop.time(), sum(size for _, size in blobs), 0
-    for index, (digest, size) in enumerate(blobs):
-        line = {"status": f"pulling {digest[7:19]}", "digest": digest, "total": size}
-        if fetched:
-            await progress.send({**line, "completed": size})
-            continue
-        await progress.send(line)
-        steps = max(1 if index else PULL_STEPS, math.ceil(seconds * size / total_bytes / PULL_TICK))
-        for step in range(1, steps + 1):
-            ends_at = begin + seconds * (done_bytes + size * step / steps) / total_bytes
-            await asyncio.sleep(max(0.0, ends_at - loop.time()))
-            await progress.send({**line, "completed": size * step // steps})
-        done_bytes += size
-
-
-class PullProgress:
-    """A pull's answer: progress lines streamed as NDJSON, or (not streamed) the last one as the single answer.
-
-    Plays the request's fault: `drop` hangs up before line `after_tokens`, `drip` sends from there on a byte at a
-    time. A client gone between lines shows up as ConnectionResetError.
-    """
-
-    def __init__(self, request, stream):
-        self.request = request
-        self.stream = stream
-        self.fault = request.get(FAULT)
-        self.response = None
-        self.last = None
-        self.sent = 0
-
-    async def send(self, line):
-        fault = self.fault
-        if fault is not None and fault.mode == "drop" and self.sent == fault.after_tokens:
-            if self.stream:
-                await self._prepare()
-            await drop_connection(self.request)
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        self.sent += 1
-        self.last = line
-        if self.stream:
-            await self._prepare()
-            await self._write(_ndjson(line))
-
-    async def fail(self, message):
-        """End with Ollama's error: a line in the stream once it has begun, else status 500."""
-        if self.response is not None:
-            await self._write(_ndjson({"error": message}))
-            return self.response
-        return web.json_response({"error": message}, status=500)
-
-    async def finish(self):
-        """The answer once the last line is sent: the stream, or that line alone (dripping if the fault says so)."""
-        if self.stream:
-            return self.response
-        if self.fault is None or self.fault.mode != "drip":
-            return web.json_response(self.last)
-        self.response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
-        await self.response.prepare(self.request)
-        await self._write(json.dumps(self.last).encode())
-        return self.response
-
-    async def _prepare(self):
-        if self.response is None:
-            self.response = web.StreamResponse(headers={"Content-Type": NDJSON})
-            await self.response.prepare(self.request)
-
-    async def _write(self, data):
-        fault = self.fault
-        if fault is None or fault.mode != "drip" or self.sent <= fault.after_tokens:
-            await self.response.write(data)
-            return
-        for offset in range(len(data)):
-            await self.response.write(data[offset : offset + 1])
-            await asyncio.sleep(1 / fault.drip_rate)
-
-
-async def delete(request):
-    """Remove a model: 200 with an empty body, or Ollama's 404."""
-    body = json_object(request)
-    name = body.get("model") or body.get("name")
-    if not valid_model_name(name):
-        raise Refused(400, f"name {_quoted(name or '')} is invalid")
-    if not request.app[HOST].delete_model(name):
-        raise Refused(404, f"model '{name}' not found")
-    return web.Response()
-
-
-async def copy(request):
-    """List a model under a second name: 200 with an empty body, or Ollama's 404 when the source is missing."""
-    body = json_object(request)
-    source, destination = body.get("source"), body.get("destination")
-    if not valid_model_name(source):
-        raise Refused(400, f"source {_quoted(source or '')} is invalid")
-    if not valid_model_name(destination):
-        raise Refused(400, f"destination {_quoted(destination or '')} is invalid")
-    if not request.app[HOST].copy_model(source, destination):
-        raise Refused(404, f"model {_quoted(source)} not found")
-    return web.Response()

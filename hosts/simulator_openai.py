@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from hosts.simulator_replies import chosen_tool, count_words, embedding_vector, reply_text, token_count
 from hosts.simulator_requests import (
     HOST,
     MODIFIED_AT,
@@ -16,13 +17,8 @@ from hosts.simulator_requests import (
     Generation,
     Refused,
     answered_model,
-    chosen_tool,
-    count_words,
-    embedding_vector,
     json_object,
-    reply_text,
     requested_model,
-    token_count,
 )
 
 SSE = "text/event-stream"
