@@ -417,10 +417,10 @@ async def _finish(tasks, timeout=DRAIN_TIMEOUT):
     return len(pending)
 
 
-async def closed_loop(urls, stream, concurrency, warmup, duration, meter):
+async def closed_loop(urls, stream, concurrency, warmup, duration, meter, payload=None):
     """`concurrency` workers send requests back-to-back, to each of `urls` in turn (round-robin across the workers);
-    answers finished inside the measured window count."""
-    payload = chat_payload(stream)
+    answers finished inside the measured window count. `payload`: the request body (default: a chat of MODEL)."""
+    payload = payload or chat_payload(stream)
     outcomes = []
     turns = itertools.cycle(urls)
     async with new_session(concurrency) as session:

@@ -182,7 +182,7 @@ def check_soon(names):
     if loop is not None and loop.is_running():
         asyncio.run_coroutine_threadsafe(_keep_running(monitor.check_hosts(names)), loop)
     else:
-        async_to_sync(monitor.check_hosts)(names)
+        async_to_sync(monitor.check_and_publish)(names)
 
 
 async def _keep_running(work):

@@ -287,4 +287,9 @@ def _own_redis_namespace(settings):
         return
     prefix = settings.CLOOD_REDIS_PREFIX = services.new_redis_prefix()
     yield
+    from atc import stream
+
+    # Events a test published from a loop that has closed since must not be sent in the next test's loop.
+    stream._outbox.clear()
+    stream._mine.clear()
     services.delete_redis_keys(prefix)
