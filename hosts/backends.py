@@ -82,9 +82,9 @@ async def check_host(client, target):
     except TimeoutError:
         return HostReport(ok=False, error=f"no answer within {settings.CLOOD_MONITOR_HOST_DEADLINE:g} s")
     except CheckFailed as exc:
-        return HostReport(ok=False, error=_redact(str(exc), target))
+        return HostReport(ok=False, error=redact(str(exc), target))
     except httpx.HTTPError as exc:
-        return HostReport(ok=False, error=_redact(describe_http_error(exc), target))
+        return HostReport(ok=False, error=redact(describe_http_error(exc), target))
 
 
 def describe_http_error(exc):
@@ -233,7 +233,8 @@ def _parse_time(value):
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _redact(text, target):
+def redact(text, target):
+    """`text` without the host's API key, at most 500 characters: what may be shown of a host's answer."""
     if target.api_key:
         text = text.replace(target.api_key, "***")
     return text[:500]

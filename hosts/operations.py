@@ -13,7 +13,7 @@ from django.utils import timezone
 from atc.events import apublish
 from clood_site.db import in_db_thread
 from hosts import discover, monitor
-from hosts.backends import describe_http_error
+from hosts.backends import describe_http_error, redact
 from hosts.models import GardenOperation, Host, HostModel
 
 log = logging.getLogger(__name__)
@@ -40,24 +40,26 @@ def _headers(host):
     return {"Authorization": f"Bearer {host.api_key}"} if host.api_key else {}
 
 
-def _scrub(text, host):
-    text = str(text)
-    return text.replace(host.api_key, "***") if host.api_key else text
-
-
-async def _lines(response):
-    """NDJSON objects from a streamed answer; a line that is too long or not JSON is the host's failure."""
+async def _lines(response, host):
+    """NDJSON objects from a streamed answer; a line that is too long, not JSON, or Ollama's in-band
+    `{"error": …}` is the host's failure."""
     buffer = b""
     async for chunk in response.aiter_bytes():
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             if line.strip():
-                yield _parse_line(line)
+                yield _checked(_parse_line(line), host)
         if len(buffer) > MAX_LINE:
             raise Failed(f"the host sent a line longer than {MAX_LINE} bytes")
     if buffer.strip():
-        yield _parse_line(buffer)
+        yield _checked(_parse_line(buffer), host)
+
+
+def _checked(item, host):
+    if item.get("error"):
+        raise Failed(redact(f"{host.name}: {item['error']}", host))
+    return item
 
 
 def _parse_line(line):
@@ -80,7 +82,7 @@ async def _error_of(response, host):
     if not message:
         kind = "an HTML page" if raw.lstrip()[:1] == b"<" else raw[:200].decode("utf-8", "replace")
         message = kind or "no message"
-    return _scrub(f"{host.name} answered HTTP {response.status_code}: {message}", host)
+    return redact(f"{host.name} answered HTTP {response.status_code}: {message}", host)
 
 
 async def _refresh(host):
@@ -101,9 +103,7 @@ async def pull(op, progress):
             async with client.stream("POST", f"{host.base_url}/api/pull", json=body, headers=_headers(host)) as answer:
                 if answer.status_code >= 400:
                     raise Failed(await _error_of(answer, host))
-                async for item in _lines(answer):
-                    if item.get("error"):
-                        raise Failed(_scrub(f"{host.name}: {item['error']}", host))
+                async for item in _lines(answer, host):
                     status = str(item.get("status", ""))
                     digest, total = item.get("digest"), item.get("total")
                     if digest and isinstance(total, int) and total > 0:
@@ -188,9 +188,7 @@ async def _benchmark_ollama(client, host, remote, progress):
     async with client.stream("POST", f"{host.base_url}/api/generate", json=body, headers=_headers(host)) as answer:
         if answer.status_code >= 400:
             raise Failed(await _error_of(answer, host))
-        async for item in _lines(answer):
-            if item.get("error"):
-                raise Failed(_scrub(f"{host.name}: {item['error']}", host))
+        async for item in _lines(answer, host):
             if item.get("response") and ttft_ms is None:
                 ttft_ms = (time.perf_counter() - started) * 1000
             if item.get("done"):
