@@ -112,6 +112,7 @@ def _floor():
 
 async def _send_forever():
     while True:
+        shared.stop_if_cancelled()
         if not _outbox:
             _wake.clear()
             await _wake.wait()
@@ -192,6 +193,7 @@ async def _read_forever():
                                       socket_connect_timeout=shared.SOCKET_TIMEOUT)  # fmt: skip
     try:
         while True:
+            shared.stop_if_cancelled()
             if not shared.available():
                 await asyncio.sleep(0.2)
                 continue

@@ -88,6 +88,17 @@ def went_down(error, what):
         _watchdog = loop.create_task(_watch(), name="clood-redis-watchdog")
 
 
+def stop_if_cancelled():
+    """Raise CancelledError when the running task has been asked to stop.
+
+    redis-py may turn the cancellation of a command's read into a connection error, retry the command and return
+    its answer: the task then carries on as if it had never been cancelled, and a loop around Redis calls would
+    run on (and keep its event loop from closing). Such a loop asks this after each call."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _has_loop():
     try:
         asyncio.get_running_loop()
@@ -103,7 +114,9 @@ async def _watch():
         try:
             await client().ping()
         except Exception:  # noqa: BLE001, S112 - any failure means still down
+            stop_if_cancelled()
             continue
+        stop_if_cancelled()
         log.warning("Redis is back after %.0f s: slots, queue, key limits and ATC events are shared again",
                     time.time() - _down_since)  # fmt: skip
         _down_since = None

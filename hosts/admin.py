@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from hosts import garden_admin
 from hosts.backends import check_host, make_client
 from hosts.models import GardenOperation, Host, HostModel
-from hosts.monitor import check_hosts, target_for
+from hosts.monitor import check_and_publish, target_for
 
 
 class HostForm(forms.ModelForm):
@@ -173,7 +173,7 @@ class HostAdmin(admin.ModelAdmin):
     @admin.action(description="Refresh now (health and inventory)")
     def refresh_now(self, request, queryset):
         names = list(queryset.values_list("name", flat=True))
-        for name, report in async_to_sync(check_hosts)(names):
+        for name, report in async_to_sync(check_and_publish)(names):
             if report.ok:
                 loaded = sum(1 for m in report.models if m.loaded)
                 text = f"Host {name}: online, {_ms(report.latency_ms)}, {len(report.models)} models ({loaded} loaded)"

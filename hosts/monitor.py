@@ -248,6 +248,7 @@ async def lead_forever(interval=None):
             except shared.redis_errors() as error:
                 shared.went_down(error, "taking the monitor lock")
                 lead = True  # nobody can coordinate: monitor here rather than nowhere
+            shared.stop_if_cancelled()
             if lead and (monitor is None or monitor.done()):
                 log.info("this process monitors the hosts (%s)", "Redis is down" if not shared.available() else
                          "it holds the monitor lock")  # fmt: skip

@@ -174,6 +174,7 @@ class Leases:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             if shared.available():
                 await self.beat()
+                shared.stop_if_cancelled()
 
     async def beat(self):
         pairs = list(self.held)
@@ -313,6 +314,7 @@ class SharedAdmission:
                 try:
                     while True:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        shared.stop_if_cancelled()
                         if message is not None:
                             freed, self._freed = self._freed, asyncio.Event()
                             freed.set()
@@ -321,6 +323,7 @@ class SharedAdmission:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - waiters still poll; try again shortly
+                shared.stop_if_cancelled()
                 await asyncio.sleep(1.0)
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import socket
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +76,32 @@ def pytest_sessionfinish(session):
         services.delete_redis_keys(settings.CLOOD_REDIS_PREFIX)
     if tripwire_hits() and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    session.config.stash[EXIT_STATUS] = int(session.exitstatus)
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+EXIT_GRACE_SECONDS = 60
+
+
+def pytest_unconfigure(config):
+    """Python waits for every non-daemon thread before it exits. A test that timed out can leave one behind that
+    never ends (an event loop whose task ignores being cancelled), and the run would then hang after its summary
+    until CI's own limit. A daemon watchdog ends the process instead, naming the threads, if exiting takes longer
+    than EXIT_GRACE_SECONDS."""
+    status = config.stash.get(EXIT_STATUS, 0)
+
+    def exit_anyway():
+        names = [thread.name for thread in threading.enumerate() if not thread.daemon and thread.is_alive()]
+        sys.stderr.write(f"\nthe test run did not exit within {EXIT_GRACE_SECONDS} s: threads still running: "
+                         f"{', '.join(names)}\n")  # fmt: skip
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(status or pytest.ExitCode.TESTS_FAILED)
+
+    watchdog = threading.Timer(EXIT_GRACE_SECONDS, exit_anyway)
+    watchdog.daemon = True
+    watchdog.start()
 
 
 def pytest_terminal_summary(terminalreporter):
