@@ -64,7 +64,8 @@ async def test_a_dashboard_on_one_process_sees_every_process_requests_in_order_o
 
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(set(seqs)), "seqs must strictly increase: in order, no duplicates"
-    assert len({(e["type"], e["data"].get("id"), e["data"].get("attempt")) for e in events}) == len(events)
+    requests = [e for e in events if e["type"].startswith("request_")]  # a host's status may well change twice
+    assert len({(e["type"], e["data"]["id"], e["data"].get("attempt")) for e in requests}) == len(requests)
     completed = [e for e in events if e["type"] == "request_completed"]
     started = {e["data"]["id"]: e for e in events if e["type"] == "request_started"}
     assert len(completed) == 8 and all(e["data"]["id"] in started for e in completed)
