@@ -9,7 +9,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html
 
-from hosts import garden_admin
+from hosts import garden, garden_admin
 from hosts.backends import check_host, make_client
 from hosts.models import GardenOperation, Host, HostModel
 from hosts.monitor import check_and_publish, target_for
@@ -198,6 +198,11 @@ async def _test(host):
         return await check_host(client, target_for(host))
 
 
+def _recent_operations():
+    garden.expire_stale()
+    return GardenOperation.objects.all()[:10]
+
+
 def _ms(value):
     return f"{value:.0f} ms" if value is not None else "latency unknown"
 
@@ -246,7 +251,7 @@ class HostModelAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "overview": overview,
             "query": query,
-            "operations": [(op, garden_admin.progress_cells(op)) for op in GardenOperation.objects.all()[:10]],
+            "operations": [(op, garden_admin.progress_cells(op)) for op in _recent_operations()],
             "can_operate": request.user.has_perm("hosts.change_host"),
             "media": self.media + forms.Media(js=["hosts/operations.js"]),
             **(extra_context or {}),

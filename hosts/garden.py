@@ -10,6 +10,7 @@ itself (hosts/operations.py) is async and talks to the host with its own httpx c
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 import time
 
@@ -157,6 +158,21 @@ def _in_the_way(host, model):
         existing.save(update_fields=["status", "error", "finished_at"])
         return None
     return existing
+
+
+def expire_stale():
+    """Running operations untouched for STALE_AFTER belong to a process that was killed (one that stops normally
+    marks what it ran as failed): mark them failed too, with an operation_finished event, so no bar shows "running"
+    forever. The admin's operation pages call this as they are shown. Returns how many."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=STALE_AFTER)
+    stale = list(GardenOperation.objects.filter(status=Status.RUNNING, updated_at__lt=cutoff))
+    for op in stale:
+        op.status, op.error, op.finished_at = Status.FAILED, "the clood process running it stopped", timezone.now()
+        if GardenOperation.objects.filter(pk=op.pk, status=Status.RUNNING, updated_at__lt=cutoff).update(
+            status=op.status, error=op.error, finished_at=op.finished_at
+        ):
+            events.publish("operation_finished", **op.as_event(), result={})
+    return len(stale)
 
 
 def _launch(ids, one_at_a_time=False):

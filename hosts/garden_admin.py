@@ -234,7 +234,12 @@ class GardenOperationAdmin(admin.ModelAdmin):
             return "—"
         return f"{(op.finished_at - op.started_at).total_seconds():.1f} s"
 
+    def changelist_view(self, request, extra_context=None):
+        garden.expire_stale()
+        return super().changelist_view(request, extra_context)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        garden.expire_stale()
         op = get_object_or_404(GardenOperation, pk=object_id)
         if not self.has_view_or_change_permission(request, op):
             raise PermissionDenied

@@ -328,3 +328,43 @@ def test_delete_of_a_model_the_host_no_longer_has_shows_the_hosts_404(admin_clie
     operate(admin_client, row, "delete")
     op = GardenOperation.objects.get(kind="delete")
     assert op.status == "failed" and "404" in op.error and "not found" in op.error
+
+
+def test_a_running_operation_whose_process_was_killed_is_shown_failed(admin_client, sim_host, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from atc import events
+    from hosts import garden
+
+    published = []
+    original = events.publish
+
+    def spy(event_type, /, **data):
+        published.append((event_type, data))
+        return original(event_type, **data)
+
+    monkeypatch.setattr(events, "publish", spy)
+
+    sim = sim_host(models=["llama3.2:1b"])
+    host = register(sim)
+    old = timezone.now() - timedelta(seconds=garden.STALE_AFTER + 5)
+    killed = GardenOperation.objects.create(kind="benchmark", host=host, host_name="box", model="llama3.2:1b",
+                                            status="running", updated_at=old)  # fmt: skip
+    alive = GardenOperation.objects.create(kind="preload", host=host, host_name="box", model="llama3.2:1b",
+                                           status="running")  # fmt: skip
+
+    page = admin_client.get("/admin/hosts/gardenoperation/")
+
+    assert page.status_code == 200
+    assert "the clood process running it stopped" in page.content.decode()
+    killed.refresh_from_db()
+    alive.refresh_from_db()
+    assert killed.status == "failed" and killed.finished_at is not None
+    assert alive.status == "running"  # its heartbeat is recent: another process may well be running it
+    assert [(event_type, data["id"], data["status"]) for event_type, data in published] == [
+        ("operation_finished", killed.pk, "failed")
+    ]  # ATC's host card drops its bar
+    admin_client.get("/admin/hosts/gardenoperation/")
+    assert len(published) == 1  # once
