@@ -88,14 +88,19 @@ def went_down(error, what):
         _watchdog = loop.create_task(_watch(), name="clood-redis-watchdog")
 
 
-def stop_if_cancelled():
-    """Raise CancelledError when the running task has been asked to stop.
+def cancel_requested():
+    """The running task has been asked to stop.
 
     redis-py may turn the cancellation of a command's read into a connection error, retry the command and return
     its answer: the task then carries on as if it had never been cancelled, and a loop around Redis calls would
-    run on (and keep its event loop from closing). Such a loop asks this after each call."""
+    run on (and keep its event loop from closing). Code that awaits Redis asks this after the call."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    return task is not None and task.cancelling() > 0
+
+
+def stop_if_cancelled():
+    """Raise CancelledError when the running task has been asked to stop (see cancel_requested)."""
+    if cancel_requested():
         raise asyncio.CancelledError
 
 

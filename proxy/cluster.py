@@ -357,6 +357,10 @@ class SharedKeyLimits:
             shared.went_down(error, "checking an API key's limits")
             self.local.acquire(key)
             return self.LOCAL
+        if shared.cancel_requested():  # the client left while redis-py answered anyway
+            if outcome == 1 and key.max_concurrency is not None:
+                _in_background(self._release(key, lease))  # the script counted it: give it back
+            raise asyncio.CancelledError
         if outcome == -1:
             raise ApiError(429, f"The API key '{key.name}' already has {key.max_concurrency} requests running.",
                            code="concurrency_limit_exceeded", retry_after=1)  # fmt: skip

@@ -167,3 +167,36 @@ async def test_requests_at_once_count_across_processes():
     a.release(team, token)
     await asyncio.sleep(0.1)  # the release is sent in the background
     b.release(team, await b.acquire(team))
+
+
+async def test_a_request_cancelled_while_redis_answers_anyway_gives_its_key_slot_back(monkeypatch):
+    limits = SharedKeyLimits(KeyLimits())
+    team = key(max_concurrency=1)
+    counted = asyncio.Event()
+    real_run = cluster._run
+
+    async def run_then_swallow_the_cancel(script, *args):
+        """The script runs for real; the cancel that arrives meanwhile is swallowed, as redis-py does when it turns
+        a cancelled read into a connection error and retries the command."""
+        answer = await real_run(script, *args)
+        counted.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass
+        return answer
+
+    monkeypatch.setattr(cluster, "_run", run_then_swallow_the_cancel)
+    request = asyncio.create_task(limits.acquire(team))
+    await counted.wait()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    monkeypatch.setattr(cluster, "_run", real_run)
+
+    for _ in range(50):  # the slot is given back in the background
+        if not await shared.client().zcard(shared.key("key", team.id, "active")):
+            break
+        await asyncio.sleep(0.05)
+    token = await limits.acquire(team)  # the one request at once is free again
+    limits.release(team, token)
