@@ -69,8 +69,7 @@ def went_down(error, what):
     redis-py may turn a cancellation of the waiting task into a connection error of its own: then this re-raises
     the cancellation instead (a request whose client left must not carry on as if Redis were down)."""
     global _down_since, _last_error, _watchdog
-    task = asyncio.current_task() if _has_loop() else None
-    if task is not None and task.cancelling():
+    if _has_loop() and cancel_requested():
         raise asyncio.CancelledError from error
     _last_error = f"{type(error).__name__}: {error}"[:200]
     if _down_since is None:
@@ -115,13 +114,12 @@ def _has_loop():
 async def _watch():
     global _down_since
     while _down_since is not None:
+        stop_if_cancelled()
         await asyncio.sleep(WATCH_INTERVAL)
         try:
             await client().ping()
         except Exception:  # noqa: BLE001, S112 - any failure means still down
-            stop_if_cancelled()
             continue
-        stop_if_cancelled()
         log.warning("Redis is back after %.0f s: slots, queue, key limits and ATC events are shared again",
                     time.time() - _down_since)  # fmt: skip
         _down_since = None

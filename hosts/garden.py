@@ -152,27 +152,33 @@ def _in_the_way(host, model):
     existing = GardenOperation.objects.filter(
         host=host, model=model, kind__in=[Kind.PULL, Kind.DELETE], status__in=[Status.QUEUED, Status.RUNNING]
     ).first()
-    if existing is not None and (timezone.now() - existing.updated_at).total_seconds() > STALE_AFTER:
-        existing.status, existing.error = Status.FAILED, "the clood process running it stopped"
-        existing.finished_at = timezone.now()
-        existing.save(update_fields=["status", "error", "finished_at"])
+    if existing is not None and existing.updated_at < _stale_before():
+        _fail_stale(existing)
         return None
     return existing
 
 
 def expire_stale():
     """Running operations untouched for STALE_AFTER belong to a process that was killed (one that stops normally
-    marks what it ran as failed): mark them failed too, with an operation_finished event, so no bar shows "running"
-    forever. The admin's operation pages call this as they are shown. Returns how many."""
-    cutoff = timezone.now() - datetime.timedelta(seconds=STALE_AFTER)
-    stale = list(GardenOperation.objects.filter(status=Status.RUNNING, updated_at__lt=cutoff))
-    for op in stale:
-        op.status, op.error, op.finished_at = Status.FAILED, "the clood process running it stopped", timezone.now()
-        if GardenOperation.objects.filter(pk=op.pk, status=Status.RUNNING, updated_at__lt=cutoff).update(
-            status=op.status, error=op.error, finished_at=op.finished_at
-        ):
-            events.publish("operation_finished", **op.as_event(), result={})
-    return len(stale)
+    marks what it ran as failed): mark them failed too, so no bar shows "running" forever. The admin's operation
+    pages call this as they are shown."""
+    for op in GardenOperation.objects.filter(status=Status.RUNNING, updated_at__lt=_stale_before()):
+        _fail_stale(op)
+
+
+def _stale_before():
+    return timezone.now() - datetime.timedelta(seconds=STALE_AFTER)
+
+
+def _fail_stale(op):
+    """Mark `op` failed, with its operation_finished event, unless it moved meanwhile (its process is alive after
+    all, or another page marked it first)."""
+    before = op.status
+    op.status, op.error, op.finished_at = Status.FAILED, "the clood process running it stopped", timezone.now()
+    if GardenOperation.objects.filter(pk=op.pk, status=before, updated_at=op.updated_at).update(
+        status=op.status, error=op.error, finished_at=op.finished_at
+    ):
+        events.publish("operation_finished", **op.as_event(), result={})
 
 
 def _launch(ids, one_at_a_time=False):
