@@ -17,6 +17,7 @@ import collections
 import json
 import logging
 import time
+import weakref
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -28,7 +29,10 @@ GROUP = "atc"
 MESSAGE_TYPE = "atc.event"
 
 _pending = set()  # strong references to in-flight sends, so they are not garbage-collected mid-way
+_tail = weakref.WeakKeyDictionary()  # per event loop: the send scheduled last, which the next one waits for
 _failing = False
+_dropped = False
+MAX_BACKLOG = 10_000  # sends waiting for the ones before them
 
 
 class Kept:
@@ -161,13 +165,24 @@ def _schedule(loop, event):
     layer = get_channel_layer()
     if layer is None or (hasattr(layer, "has_receivers") and not layer.has_receivers(GROUP)):
         return  # nobody is watching in this process (in-memory layer): no task, no serialising
-    task = loop.create_task(_send(event))
+    if len(_pending) >= MAX_BACKLOG:  # the layer is slower than the events: the group misses some (never the buffer)
+        _dropping(True)
+        return
+    # One group_send is several round trips with channels-redis, so two sends in flight may land out of order:
+    # each send waits for the one scheduled before it on this loop, and the group gets them in seq order.
+    before = _tail.get(loop)
+    task = loop.create_task(_send(event, after=before if before is not None and not before.done() else None))
+    _tail[loop] = task
     _pending.add(task)
     task.add_done_callback(_pending.discard)
+    task.add_done_callback(lambda done: _tail.pop(loop, None) if _tail.get(loop) is done else None)
 
 
-async def _send(event):
+async def _send(event, after=None):
     global _failing
+    if after is not None:
+        await asyncio.wait([after])  # whether it sent, failed or was cancelled
+        after = None
     layer = get_channel_layer()
     try:
         # Serialised once here, not once per dashboard.
@@ -178,6 +193,16 @@ async def _send(event):
         _failing = True
     else:
         _failing = False
+        if len(_pending) < MAX_BACKLOG // 2:
+            _dropping(False)
+
+
+def _dropping(now):
+    global _dropped
+    if now and not _dropped:
+        log.warning("ATC events come faster than the channel layer takes them: some skip the 'atc' group "
+                    "(dashboards read the kept events and miss none)")  # fmt: skip
+    _dropped = now
 
 
 from atc import stream  # noqa: E402 - stream calls back into keep()
