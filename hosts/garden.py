@@ -159,10 +159,11 @@ def _in_the_way(host, model):
 
 
 def expire_stale():
-    """Running operations untouched for STALE_AFTER belong to a process that was killed (one that stops normally
-    marks what it ran as failed): mark them failed too, so no bar shows "running" forever. The admin's operation
-    pages call this as they are shown."""
-    for op in GardenOperation.objects.filter(status=Status.RUNNING, updated_at__lt=_stale_before()):
+    """Queued and running operations untouched for STALE_AFTER belong to a process that was killed (one that stops
+    normally marks what it ran as failed): mark them failed too, so no bar shows "running" or "queued" forever.
+    The admin's operation pages call this as they are shown."""
+    stale = GardenOperation.objects.filter(status__in=[Status.QUEUED, Status.RUNNING], updated_at__lt=_stale_before())
+    for op in stale:
         _fail_stale(op)
 
 
@@ -219,10 +220,29 @@ async def _start(ids, one_at_a_time):
 
 async def _run_all(ids, one_at_a_time):
     if one_at_a_time:
-        for pk in ids:
-            await run(pk)
+        waiting = list(ids)
+        keeper = asyncio.create_task(_touch_queued_forever(waiting))  # queued ones beat too, or they'd look stale
+        try:
+            for pk in ids:
+                waiting.remove(pk)
+                await run(pk)
+        finally:
+            keeper.cancel()
     else:
         await asyncio.gather(*(run(pk) for pk in ids))
+
+
+async def _touch_queued_forever(waiting):
+    """Touch the queued operations of a one-at-a-time run every HEARTBEAT, as a running one touches its own row:
+    those of a process that was killed then go stale and are marked failed (expire_stale), the others never."""
+    while True:
+        await asyncio.sleep(HEARTBEAT)
+        try:
+            await in_db_thread(GardenOperation.objects.filter(pk__in=list(waiting), status=Status.QUEUED).update)(
+                updated_at=timezone.now()
+            )
+        except DatabaseError as exc:
+            log.warning("could not touch queued garden operations: %s", exc)
 
 
 # --- Running (async) ---

@@ -299,6 +299,46 @@ def test_copy_pulls_every_model_the_target_lacks_one_at_a_time(admin_client, sim
         "llama3.2:1b", "qwen2.5-coder:7b", "nomic-embed-text:latest"}  # fmt: skip
 
 
+def test_a_copy_keeps_its_queued_pulls_from_looking_stale_and_a_killed_copy_s_go_stale(
+    admin_client, sim_host, monkeypatch
+):
+    from hosts import garden
+
+    monkeypatch.setattr(garden, "HEARTBEAT", 0.1)
+    source = sim_host(models=["llama3.2:1b", "qwen2.5-coder:7b"])
+    target = sim_host(models=[], pull_seconds=0.8)
+    src, dst = register(source, "src"), register(target, "dst")
+    seen_waiting = []
+    original_run = garden.run
+
+    async def run(pk):
+        row = await GardenOperation.objects.aget(pk=pk)
+        seen_waiting.append((row.status, (row.updated_at - row.started_at).total_seconds()))
+        await original_run(pk)
+
+    monkeypatch.setattr(garden, "run", run)
+    admin_client.post(
+        reverse("admin:hosts_host_changelist"),
+        {"action": "copy_models", "_selected_action": [dst.pk], "apply": "1", "source": src.pk},
+    )
+    assert [status for status, _ in seen_waiting] == ["queued", "queued"]
+    assert seen_waiting[0][1] < 0.1  # the first starts at once...
+    assert seen_waiting[1][1] >= 0.1  # ...the second was touched while it waited for the first's pull
+    assert set(GardenOperation.objects.values_list("status", flat=True)) == {"succeeded"}
+
+    # A process killed mid-copy leaves queued pulls nobody touches: an operations page marks them failed.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = timezone.now() - timedelta(seconds=garden.STALE_AFTER + 5)
+    left = GardenOperation.objects.create(kind="pull", host=dst, host_name="dst", model="phi3:mini",
+                                          status="queued", started_at=old, updated_at=old)  # fmt: skip
+    assert "the clood process running it stopped" in admin_client.get("/admin/hosts/gardenoperation/").content.decode()
+    left.refresh_from_db()
+    assert left.status == "failed"
+
+
 def test_copy_onto_a_host_that_has_everything_says_so(admin_client, sim_host):
     src, dst = register(sim_host(models=["llama3.2:1b"]), "src"), register(sim_host(models=["llama3.2:1b"]), "dst")
     response = admin_client.post(
