@@ -678,7 +678,8 @@ def test_max_in_flight_counts_concurrent_generations(sim):
 
 
 def test_hundreds_of_slow_streams_at_once(sim):
-    host = sim(tokens_per_second=10, reply_tokens=5)
+    # Each stream lasts over 3 s, so all 300 overlap even when the machine is slow to open the connections.
+    host = sim(ttft=3, tokens_per_second=10, reply_tokens=5)
     count = 300
 
     async def one_stream(client):
