@@ -10,6 +10,7 @@ import time
 from atc import events
 from hosts import snapshot
 from hosts.snapshot import model_as_dict
+from proxy import aliases
 from proxy.cluster import board
 from proxy.state import live_view
 
@@ -75,12 +76,14 @@ async def build_snapshot(public=False, recent_limit=200):
     garden = await snapshot.ensure_fresh()
     live = board.merged(live_view())
     differing = _differing_digests(garden)
+    alias_table = await aliases.table()
     seq = events.last_seq()
     return {
         "type": "snapshot",
         "seq": seq,
         "data": {
             "hosts": [host_as_dict(h, live, differing) for h in garden.hosts],
+            "aliases": aliases.for_atc(alias_table),
             "in_flight": live["in_flight"],
             "queued": live["queued"],
             "events": [k.event for k in events.recent if k.seq <= seq][-recent_limit:],

@@ -190,15 +190,22 @@ class AliasAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        aliases.invalidate()
+        _aliases_changed()
 
     def delete_model(self, request, obj):
         super().delete_model(request, obj)
-        aliases.invalidate()
+        _aliases_changed()
 
     def delete_queryset(self, request, queryset):
         super().delete_queryset(request, queryset)
-        aliases.invalidate()
+        _aliases_changed()
+
+
+def _aliases_changed():
+    """This process routes by the new table at once (the others within CLOOD_SNAPSHOT_REFRESH), and every ATC page
+    shows it."""
+    aliases.invalidate()
+    aliases.announce(aliases.load())
 
 
 def _held_by_usable_hosts():

@@ -16,6 +16,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from atc import events
+from clood_site import shared
 from clood_site.db import in_db_thread
 from hosts.names import normalize_model_name
 from hosts.snapshot import refresh_forever
@@ -51,6 +53,7 @@ class AliasTable:
 
 _table = AliasTable(by_key={})
 _refresher = None
+_announced = None  # the alias list ATC pages were last told about (for_atc), by this process
 
 
 def load():
@@ -70,7 +73,28 @@ def load():
 async def refresh():
     global _table
     _table = await in_db_thread(load)()
+    if not shared.enabled():
+        await _notice(_table)
     return _table
+
+
+def announce(table_):
+    """An admin or a command changed the aliases: every ATC page is told (with several processes, through Redis)."""
+    global _announced
+    _announced = for_atc(table_)
+    events.publish("aliases_changed", aliases=_announced)
+
+
+async def _notice(table_):
+    """One process: a change it did not announce itself (a management command's publish reaches only that command)
+    is announced here, when the table is reloaded."""
+    global _announced
+    listing = for_atc(table_)
+    if _announced is None:
+        _announced = listing  # what the pages' snapshots show already
+    elif listing != _announced:
+        _announced = listing
+        await events.apublish("aliases_changed", aliases=listing)
 
 
 def invalidate():
@@ -88,6 +112,15 @@ async def table():
         refresher = refresh_forever(refresh, "the aliases")
         _refresher = asyncio.get_running_loop().create_task(refresher, name="clood-aliases")
     return _table
+
+
+def for_atc(table_):
+    """The enabled aliases as the ATC page shows them (snapshot and `aliases_changed`), by name."""
+    return [
+        {"name": a.name, "key": a.key, "auto": a.is_auto, "description": a.description, "targets": list(a.targets)}
+        for a in sorted(table_.by_key.values(), key=lambda a: a.key)
+        if a.enabled
+    ]
 
 
 def shown(key):

@@ -65,6 +65,26 @@ async def test_snapshot_has_hosts_models_and_counters(staff):
     await communicator.disconnect()
 
 
+async def test_snapshot_lists_the_enabled_aliases(staff):
+    from proxy import aliases
+    from proxy.models import Alias
+
+    await Alias.objects.acreate(name="fast", targets=["phi3:mini", "Llama3.2:1B"], description="quick answers")
+    await Alias.objects.acreate(name="auto", targets=["fast", "deep"])
+    await Alias.objects.acreate(name="deep", targets=["qwen3:32b"], enabled=False)
+    aliases.invalidate()
+
+    communicator = await connect(staff)
+    message = await communicator.receive_json_from(2)
+    assert message["data"]["aliases"] == [
+        {"name": "auto", "key": "auto:latest", "auto": True, "description": "",
+         "targets": ["fast:latest", "deep:latest"]},
+        {"name": "fast", "key": "fast:latest", "auto": False, "description": "quick answers",
+         "targets": ["phi3:mini", "llama3.2:1b"]},
+    ]  # fmt: skip
+    await communicator.disconnect()
+
+
 async def receive_events(communicator, count):
     """Read frames until `count` events arrived (batches flattened, ticks left out)."""
     received = []

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from hosts.names import normalize_model_name
+from proxy import aliases
 from proxy.models import Alias
 
 
@@ -27,6 +28,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, action, **options):
         getattr(self, f"handle_{action}")(**options)
+        if action != "list":
+            aliases.announce(aliases.load())  # ATC pages show the change (with one process, the server notices it)
 
     def handle_set(self, name, models, description, disabled, **_):
         alias = _find(name, missing_ok=True) or Alias()

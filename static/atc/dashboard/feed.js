@@ -80,6 +80,10 @@ function describe(event, context = {}) {
       if (d.kind === "discover") return `${operationName(d)} done: ${plural(r.found || 0, "server")} found`;
       return `${operationName(d)} done`;
     }
+    case "aliases_changed": {
+      const names = (d.aliases || []).map((a) => a.name);
+      return names.length ? `aliases now: ${names.join(", ")}` : "no aliases now";
+    }
     case "proxy_started":
       return "clood started";
     case "proxy_stopping":
@@ -127,7 +131,7 @@ const KIND = {
   host_status: "host", inventory_changed: "models", request_queued: "queue", request_started: "route",
   request_first_token: "ttft", request_completed: "done", request_failed: "fail",
   catfight_started: "fight", catfight_entry: "fight", catfight_completed: "result",
-  operation_started: "garden", operation_finished: "garden",
+  operation_started: "garden", operation_finished: "garden", aliases_changed: "alias",
 };
 
 export const feed = {

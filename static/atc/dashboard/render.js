@@ -1,6 +1,7 @@
 // One render pass, shortly after state changes, draws what they marked dirty: the numbers on top, the in-flight
-// table, the catfight panel, the host cards and the feed's host filter.
+// table, the catfight panel, the host cards, the aliases and the feed's host filter.
 
+import { renderAliases } from "./aliases.js";
 import { catfights } from "./analysis.js";
 import { cards } from "./cards.js";
 import { $ } from "./dom.js";
@@ -24,6 +25,7 @@ function render() {
   if (dirty.fight) catfights.render();
   const names = dirty.allHosts || dirty.flights ? [...state.hosts.keys()] : [...dirty.hosts];
   for (const name of names) cards.update(name);
+  renderAliases(); // cheap, and drawn again only when what it shows changed (hosts, models, aliases)
   dirty.header = dirty.flights = dirty.allHosts = dirty.fight = false;
   dirty.hosts.clear();
   refreshHostFilter();

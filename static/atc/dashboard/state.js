@@ -10,6 +10,7 @@ export const state = {
   hosts: new Map(), // name -> Host (protocol shape) + {spark: [[ts, tok/s]]}
   flights: new Map(), // request id -> in flight or queued request
   operations: new Map(), // garden operation id -> its newest operation_* data, while queued or running
+  aliases: [], // enabled aliases: {name, key, auto, description, targets: [normalised names]}
   counters: {},
   clockOffset: 0, // server epoch minus local epoch, in seconds
   public: root.dataset.public === "true",
@@ -54,6 +55,7 @@ export function loadSnapshotState(message) {
     state.flights.set(waiting.id, { ...waiting, queued: true, started_ts: waiting.since_ts });
   }
   state.counters = data.counters || {};
+  state.aliases = data.aliases || [];
   state.public = Boolean(data.public);
   state.operations = new Map(); // rebuilt from the snapshot's recent operation events (main.js)
 }
@@ -99,6 +101,9 @@ const HANDLERS = {
   operation_started: garden_operation,
   operation_progress: garden_operation,
   operation_finished: garden_operation,
+  aliases_changed(data) {
+    state.aliases = data.aliases || [];
+  },
   host_status(data) {
     const host = ensureHost(data.host);
     Object.assign(host, {
