@@ -30,9 +30,10 @@ MESSAGE_TYPE = "atc.event"
 
 _pending = set()  # strong references to in-flight sends, so they are not garbage-collected mid-way
 _tail = weakref.WeakKeyDictionary()  # per event loop: the send scheduled last, which the next one waits for
+_backlog = weakref.WeakKeyDictionary()  # per event loop: sends scheduled and not done
 _failing = False
 _dropped = False
-MAX_BACKLOG = 10_000  # sends waiting for the ones before them
+MAX_BACKLOG = 10_000  # sends of one loop waiting for the ones before them
 
 
 class Kept:
@@ -165,7 +166,8 @@ def _schedule(loop, event):
     layer = get_channel_layer()
     if layer is None or (hasattr(layer, "has_receivers") and not layer.has_receivers(GROUP)):
         return  # nobody is watching in this process (in-memory layer): no task, no serialising
-    if len(_pending) >= MAX_BACKLOG:  # the layer is slower than the events: the group misses some (never the buffer)
+    waiting = _backlog.get(loop, 0)
+    if waiting >= MAX_BACKLOG:  # the layer is slower than the events: the group misses some (never the buffer)
         _dropping(True)
         return
     # One group_send is several round trips with channels-redis, so two sends in flight may land out of order:
@@ -173,9 +175,18 @@ def _schedule(loop, event):
     before = _tail.get(loop)
     task = loop.create_task(_send(event, after=before if before is not None and not before.done() else None))
     _tail[loop] = task
+    _backlog[loop] = waiting + 1
     _pending.add(task)
-    task.add_done_callback(_pending.discard)
-    task.add_done_callback(lambda done: _tail.pop(loop, None) if _tail.get(loop) is done else None)
+    task.add_done_callback(lambda done: _sent(loop, done))
+
+
+def _sent(loop, task):
+    _pending.discard(task)
+    _backlog[loop] = left = _backlog.get(loop, 1) - 1
+    if _tail.get(loop) is task:
+        del _tail[loop]
+    if left < MAX_BACKLOG // 2:
+        _dropping(False)
 
 
 async def _send(event, after=None):
@@ -193,8 +204,6 @@ async def _send(event, after=None):
         _failing = True
     else:
         _failing = False
-        if len(_pending) < MAX_BACKLOG // 2:
-            _dropping(False)
 
 
 def _dropping(now):
