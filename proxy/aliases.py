@@ -13,6 +13,7 @@ CLOOD_SNAPSHOT_REFRESH seconds and at once after an admin edit in this process; 
 """
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ class AliasTable:
 _table = AliasTable(by_key={})
 _refresher = None
 _announced = None  # the alias list ATC pages were last told about (for_atc), by this process
+_announcing = threading.Lock()
 
 
 def load():
@@ -80,21 +82,28 @@ async def refresh():
 
 def announce(table_):
     """An admin or a command changed the aliases: every ATC page is told (with several processes, through Redis)."""
-    global _announced
-    _announced = for_atc(table_)
-    events.publish("aliases_changed", aliases=_announced)
+    listing = for_atc(table_)
+    if shared.enabled() or _claim(listing):  # with several processes, another one's change may be in between
+        events.publish("aliases_changed", aliases=listing)
 
 
 async def _notice(table_):
     """One process: a change it did not announce itself (a management command's publish reaches only that command)
     is announced here, when the table is reloaded."""
-    global _announced
     listing = for_atc(table_)
-    if _announced is None:
-        _announced = listing  # what the pages' snapshots show already
-    elif listing != _announced:
-        _announced = listing
+    if _claim(listing, quietly_first=True):
         await events.apublish("aliases_changed", aliases=listing)
+
+
+def _claim(listing, quietly_first=False):
+    """Whether `listing` is news to the pages (then it is theirs now). The admin's thread and the reloading loop
+    may see one change at once: it is announced once. `quietly_first`: the first table a process loads is what
+    the pages' snapshots show already."""
+    global _announced
+    with _announcing:
+        first, news = _announced is None, listing != _announced
+        _announced = listing
+    return news and not (first and quietly_first)
 
 
 def invalidate():

@@ -307,6 +307,16 @@ def clood_server(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _aliases_as_at_start():
+    """Each test's first alias table is news to nobody, as in a process that just started (proxy.aliases._notice
+    announces only changes after that): a table left by an earlier test must not make an aliases_changed event."""
+    from proxy import aliases
+
+    aliases._announced = None
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _own_redis_namespace(settings):
     """With REDIS_URL (the suite's PostgreSQL + Redis pass), each test's slots, queue, limits and events live under
     a prefix of their own, so one test's leftovers (a lease still running out) never reach the next."""

@@ -386,3 +386,29 @@ def test_a_key_allowed_an_alias_may_use_it_and_what_it_resolves_to(clood_factory
     assert ask("llama3.2:3b").status_code == 403  # the alias, not its target by name
     listed = httpx.get(garden.url + "/v1/models", headers=headers).json()
     assert [m["id"] for m in listed["data"]] == ["fast"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_atc_pages_hear_of_each_alias_change_once(settings):
+    """With one process, the admin's announcement and the server's reload see one change: one aliases_changed."""
+    from asgiref.sync import sync_to_async
+
+    from atc import events
+
+    settings.REDIS_URL = None
+
+    def changes():
+        return [k.event["data"]["aliases"] for k in events.recent if k.event["type"] == "aliases_changed"]
+
+    before = len(changes())
+    await aliases.refresh()  # the first table: what the pages' snapshots show already
+    assert len(changes()) == before
+
+    await Alias.objects.acreate(name="fast", targets=["llama3.2:1b"])
+    await sync_to_async(aliases.announce)(await sync_to_async(aliases.load)())  # as the admin does
+    await aliases.refresh()  # the server's reload: nothing new
+    assert [[a["name"] for a in listing] for listing in changes()[before:]] == [["fast"]]
+
+    await Alias.objects.filter(name="fast").aupdate(targets=["llama3.2:3b"])  # as manage.py aliases set, elsewhere
+    await aliases.refresh()
+    assert [listing[0]["targets"] for listing in changes()[before:]] == [["llama3.2:1b"], ["llama3.2:3b"]]
