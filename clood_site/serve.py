@@ -3,11 +3,12 @@ with two limits that only the server can enforce.
 
 Twisted reads a whole request, body included, before daphne hands it to the application, so clood's consumers never
 see a client that sends its request a byte a second (slow-loris) or announces a 10 GB body (Twisted would spool it
-to disk first). Here each request gets a deadline from its first line (CLOOD_REQUEST_READ_TIMEOUT): a request not
-fully read by then is answered 408 and closed; a Content-Length over CLOOD_MAX_BODY_BYTES is answered 413 at once.
-Both answers are JSON in the shape of the API that was called. And flow control: while a client's socket buffer is
-full, the application's next send waits (up to CLOOD_IDLE_TIMEOUT, then the client is let go), so a slow reader holds
-back the relay, and through it the host, instead of piling the answer up in daphne's memory.
+to disk first). Here each request gets a deadline from its first byte (CLOOD_REQUEST_READ_TIMEOUT): a request not
+fully read by then, first line included, is answered 408 and closed; a Content-Length over CLOOD_MAX_BODY_BYTES is
+answered 413 at once. Both answers are JSON in the shape of the API that was called. And flow control: while a
+client's socket buffer is full, the application's next send waits (up to CLOOD_IDLE_TIMEOUT, then the client is let
+go), so a slow reader holds back the relay, and through it the host, instead of piling the answer up in daphne's
+memory.
 """
 
 import asyncio
@@ -64,10 +65,15 @@ def _install():
     class DeadlineRequest(WebRequest):
         _refused = False
         flow = None
+        reading = True  # until the whole request (body included) is read, or refused
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self._deadline = reactor.callLater(settings.CLOOD_REQUEST_READ_TIMEOUT, self._too_slow)
+            # The deadline runs from the request's first byte, which its connection saw arrive (FirstLine).
+            first_line = getattr(self.channel, "clood_first_line", None)
+            started = first_line.take() if first_line is not None else None
+            remaining = settings.CLOOD_REQUEST_READ_TIMEOUT - (reactor.seconds() - started if started else 0)
+            self._deadline = reactor.callLater(max(0.0, remaining), self._too_slow)
 
         def gotLength(self, length):  # noqa: N802 - Twisted's name
             if length is not None and length > settings.CLOOD_MAX_BODY_BYTES:
@@ -81,6 +87,7 @@ def _install():
                 super().handleContentChunk(data)
 
         def requestReceived(self, command, path, version):  # noqa: N802
+            self.reading = False
             if self._refused:
                 return
             self._stop_deadline()
@@ -116,22 +123,84 @@ def _install():
         def _refuse(self, error):
             """Answer `error` straight on the connection and close it: the request never reaches the application."""
             self._stop_deadline()
-            self._refused = True
+            self._refused, self.reading = True, False
             path = getattr(self.channel, "_path", b"") or b""
-            flavour = "ollama" if path.startswith(b"/api/") else "openai"
-            status, headers, body = error.render(flavour)
-            head = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
-            head += [name + b": " + value for name, value in headers]
-            head += [b"content-length: %d" % len(body), b"connection: close"]
-            self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-            self.channel.transport.loseConnection()
+            write_refusal(self.channel.transport, error, "ollama" if path.startswith(b"/api/") else "openai")
+
+    class FirstLine:
+        """A request's first line, until Twisted has read it whole (only then is there a request, with its own
+        deadline): it gets the same deadline from its first byte, so a client sending its request line a byte a
+        second is answered 408 too, not held until the line reaches Twisted's 16 kB limit."""
+
+        def __init__(self, channel):
+            self.channel = channel  # Twisted's HTTPChannel
+            self.started = None  # when the first byte of a request not yet begun arrived
+            self.deadline = None
+
+        def data_arrives(self):
+            if self.started is None:
+                self.started = reactor.seconds()
+                self.deadline = reactor.callLater(settings.CLOOD_REQUEST_READ_TIMEOUT, self._too_slow)
+
+        def take(self):
+            """The request has begun (its first line is read): it takes over the deadline; the start time."""
+            started, self.started = self.started, None
+            self._cancel()
+            return started
+
+        def _cancel(self):
+            if self.deadline is not None and self.deadline.active():
+                self.deadline.cancel()
+            self.deadline = None
+
+        def lost(self):
+            self.started = None
+            self._cancel()
+
+        def _too_slow(self):
+            self.deadline = None
+            transport = self.channel.transport
+            if transport is None or getattr(transport, "disconnected", False):
+                return
+            timeout = settings.CLOOD_REQUEST_READ_TIMEOUT
+            error = ApiError(408, f"The request did not arrive within {timeout:g} s.", code="request_timeout")
+            partial = getattr(self.channel, "_buffer", b"")  # the line so far: which API was it for?
+            write_refusal(transport, error, "ollama" if b" /api/" in bytes(partial)[:64] else "openai")
+
+    def write_refusal(transport, error, flavour):
+        """Answer `error` straight on the connection and close it."""
+        status, headers, body = error.render(flavour)
+        head = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
+        head += [name + b": " + value for name, value in headers]
+        head += [b"content-length: %d" % len(body), b"connection: close"]
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        transport.loseConnection()
 
     class CloodHTTPFactory(HTTPFactory):
         def buildProtocol(self, addr):  # noqa: N802
             protocol = super().buildProtocol(addr)
             if protocol is not None:
                 protocol.requestFactory = DeadlineRequest
+                _watch_first_lines(protocol)
             return protocol
+
+    def _watch_first_lines(protocol):
+        """Every byte that arrives while no request is being read starts a FirstLine deadline (if none runs)."""
+        channel = protocol._channel  # Twisted's HTTPChannel inside its protocol-negotiating wrapper
+        first_line = FirstLine(channel)
+        channel.clood_first_line = first_line
+        received, lost = protocol.dataReceived, protocol.connectionLost
+
+        def data_received(data):
+            if not any(isinstance(r, DeadlineRequest) and r.reading for r in getattr(channel, "requests", ())):
+                first_line.data_arrives()
+            received(data)
+
+        def connection_lost(reason):
+            first_line.lost()
+            lost(reason)
+
+        protocol.dataReceived, protocol.connectionLost = data_received, connection_lost
 
     # daphne's Server builds its factory by this module-level name; this is the one seam it offers.
     daphne.server.HTTPFactory = CloodHTTPFactory

@@ -8,6 +8,7 @@ tests/proxy/test_queue.py.
 
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -447,6 +448,32 @@ def test_slow_headers_get_408_in_ollamas_shape(garden):
     assert answer.startswith(b"HTTP/1.1 408")
     assert answer_json(answer) == {"error": f"The request did not arrive within {READ_TIMEOUT} s."}
     assert httpx.get(garden.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/api/chat", "ollama"), (CHAT, "openai")])
+def test_a_request_line_sent_a_byte_a_second_gets_408(garden, path, shape):
+    """Twisted makes a request only once its first line is whole: the deadline runs from the first byte anyway. (The
+    answer is in the shape of the API the line so far names, so the path goes first.)"""
+    request = raw_post(path, OK_BODY)
+    with connect(garden) as slow:
+        slow.sendall(request[: len("POST ") + len(path)])
+        answer = dribble(slow, request[len("POST ") + len(path) :], READ_TIMEOUT + 5)
+    assert answer.startswith(b"HTTP/1.1 408")
+    message = f"The request did not arrive within {READ_TIMEOUT} s."
+    assert answer_json(answer) == ({"error": message} if shape == "ollama" else {"error": {
+        "message": message, "type": "invalid_request_error", "param": None, "code": "request_timeout"}})  # fmt: skip
+    assert httpx.get(garden.url + "/health").status_code == 200
+
+
+def test_an_idle_keep_alive_connection_is_not_timed_out(garden):
+    """The deadline starts with a request's first byte, not with the wait for it: a client that keeps its
+    connection open between requests (as every HTTP client pool does) is served when it asks."""
+    with httpx.Client(base_url=garden.url) as client:  # one pooled connection, kept alive
+        first = client.post(CHAT, json=OK_CHAT)
+        time.sleep(READ_TIMEOUT + 1)  # idle, longer than the deadline
+        second = client.post(CHAT, json=OK_CHAT)
+        assert first.status_code == second.status_code == 200
+        assert first.extensions["network_stream"] is second.extensions["network_stream"]  # the same connection
 
 
 def test_a_huge_content_length_is_413_before_the_body_is_read(garden):
