@@ -167,14 +167,14 @@ def _install():
             partial = getattr(self.channel, "_buffer", b"")  # the line so far: which API was it for?
             write_refusal(transport, error, "ollama" if b" /api/" in bytes(partial)[:64] else "openai")
 
-    def write_refusal(transport, error, flavour):
+    def write_refusal(transport, error, flavour, close=None):
         """Answer `error` straight on the connection and close it."""
         status, headers, body = error.render(flavour)
         head = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
         head += [name + b": " + value for name, value in headers]
         head += [b"content-length: %d" % len(body), b"connection: close"]
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        transport.loseConnection()
+        (close or transport.loseConnection)()
 
     class CloodHTTPFactory(HTTPFactory):
         def buildProtocol(self, addr):  # noqa: N802
@@ -201,6 +201,14 @@ def _install():
             lost(reason)
 
         protocol.dataReceived, protocol.connectionLost = data_received, connection_lost
+
+        def bad_request():  # Twisted's own answer to malformed HTTP is a bare 400: this one has the API's error body
+            path = getattr(channel, "_path", b"") or b""
+            error = ApiError(400, "The request is not valid HTTP/1.1.", code="bad_request")
+            write_refusal(channel.transport, error, "ollama" if path.startswith(b"/api/") else "openai",
+                          close=channel.loseConnection)  # fmt: skip
+
+        channel._respondToBadRequestAndDisconnect = bad_request
 
     # daphne's Server builds its factory by this module-level name; this is the one seam it offers.
     daphne.server.HTTPFactory = CloodHTTPFactory
