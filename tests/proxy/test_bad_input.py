@@ -196,6 +196,36 @@ def test_openai_bad_input(garden, method, path, body, status, code, param):
     assert httpx.get(garden.url + "/health").status_code == 200
 
 
+OLLAMA_METHOD_CASES = [
+    ("GET", "/api/chat"), ("GET", "/api/generate"), ("GET", "/api/embed"), ("GET", "/api/embeddings"),
+    ("GET", "/api/show"), ("POST", "/api/tags"), ("POST", "/api/ps"), ("POST", "/api/version"),
+    ("DELETE", "/api/chat"), ("PUT", "/api/generate"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path"), OLLAMA_METHOD_CASES)
+def test_ollama_wrong_method_is_405_in_its_shape(garden, method, path):
+    before = host_requests(garden, path)
+    response = httpx.request(method, garden.url + path, content=b"{}")
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert isinstance(error, str) and method in error, error
+    assert host_requests(garden, path) == before
+    assert httpx.get(garden.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/status", "/health", "/ready", "/metrics", "/openapi.json", "/v1/models/llama3.2:1b"]
+)
+def test_clood_s_own_get_endpoints_refuse_other_methods(garden, path):
+    response = httpx.post(garden.url + path, content=b"{}")
+    assert response.status_code == 405
+    error = response.json()["error"]
+    assert error["code"] == "method_not_allowed" and error["type"] == "invalid_request_error", error
+    assert httpx.get(garden.url + "/health").status_code == 200
+
+
 @pytest.mark.parametrize(("path", "body", "status", "fragment"), OLLAMA_CASES)
 def test_ollama_bad_input(garden, path, body, status, fragment):
     before = host_requests(garden, path)
