@@ -5,7 +5,7 @@ fails the session if any of them shows up. Tests that need a secret take it from
 HOST_KEY = "sk-host-canary-31337-f00d"  # a host's API key
 CLIENT_KEY = "clood-client-canary-4242-5a5a5a5a"  # a client's API key (imported with `apikeys create --key-env`)
 WRONG_CLIENT_KEY = "sk-wrong-canary-0000-dead"  # a key no one has
-ADMIN_PASSWORD = "test-admin-pw-0123"  # the admin's password in every test clood
+ADMIN_PASSWORD = "test-garden-pw-0123"  # the admin's password in every test clood
 
 # Canaries from older tests, kept so that their values are watched too.
 OLDER = [

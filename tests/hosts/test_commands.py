@@ -99,6 +99,19 @@ def test_bootstrap_takes_credentials_and_hosts_from_settings(settings):
     assert list(Host.objects.values_list("name", flat=True)) == ["one", "two"]
 
 
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [("short1", "too short"), ("password123", "too common"), ("8675309123", "entirely numeric"),
+     ("admin-01", "too similar to the username")],
+)  # fmt: skip
+def test_bootstrap_refuses_a_weak_admin_password_and_never_shows_it(settings, password, why):
+    settings.CLOOD_ADMIN_PASSWORD = password
+    with pytest.raises(CommandError) as refused:
+        run("bootstrap")
+    assert why in str(refused.value) and password not in str(refused.value)
+    assert not get_user_model().objects.filter(username="admin").exists()
+
+
 def test_bootstrap_leaves_an_existing_registry_alone(settings):
     Host.objects.create(name="mine", base_url="http://127.0.0.1:1")
     settings.CLOOD_DEFAULT_HOSTS = ["localhost=http://localhost:11434"]

@@ -1,13 +1,15 @@
 """`manage.py bootstrap`: what the one start command does after migrating, safe to run on every start.
 
-Creates the admin account when it does not exist (password from CLOOD_ADMIN_PASSWORD, or generated and printed
-once), and registers CLOOD_DEFAULT_HOSTS when the registry is empty.
+Creates the admin account when it does not exist (password from CLOOD_ADMIN_PASSWORD, which must pass Django's
+password validators as in the admin, or generated and printed once), and registers CLOOD_DEFAULT_HOSTS when the
+registry is empty.
 """
 
 import secrets
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -25,6 +27,13 @@ class Command(BaseCommand):
         User = get_user_model()
         username = settings.CLOOD_ADMIN_USER
         user = User.objects.filter(username=username).first()
+        if settings.CLOOD_ADMIN_PASSWORD:  # the same validators as the admin's password forms
+            try:
+                validate_password(settings.CLOOD_ADMIN_PASSWORD, user or User(username=username))
+            except ValidationError as error:
+                raise CommandError(
+                    "CLOOD_ADMIN_PASSWORD is not accepted as the admin's password: " + " ".join(error.messages)
+                ) from None
         if user is None:
             password = settings.CLOOD_ADMIN_PASSWORD or secrets.token_urlsafe(12)
             User.objects.create_superuser(username=username, email="", password=password)
