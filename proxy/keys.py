@@ -3,7 +3,8 @@ within their limits (`KeyLimits`).
 
 Keys are read from the database into an in-memory table, refreshed every CLOOD_SNAPSHOT_REFRESH seconds like the
 routing snapshot, so a request never waits on a query. A key made or disabled in the admin takes effect within
-that interval. Limits are counted in this process (several processes: issue 7 makes them global).
+that interval. `KeyLimits` counts the limits in this process; with REDIS_URL, proxy.cluster.SharedKeyLimits counts
+them for every process at once (and falls back to this one while Redis is down).
 """
 
 import asyncio
@@ -162,7 +163,8 @@ def check_model(key, model, model_key):
 
 
 class KeyLimits:
-    """Requests per minute (a sliding window) and requests at once, per key, in this process."""
+    """Requests per minute (a sliding window) and requests at once, per key, in this process (with REDIS_URL,
+    proxy.cluster.SharedKeyLimits wraps it: the counts are the cluster's unless Redis is down)."""
 
     def __init__(self):
         self.recent = {}  # key id -> deque of monotonic start times within the window
