@@ -33,14 +33,16 @@ class AtcConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         await self.accept()
         stream.start()
-        if not (settings.CLOOD_ATC_PUBLIC or (user is not None and user.is_active and user.is_staff)):
+        staff = user is not None and user.is_active and user.is_staff
+        if not (settings.CLOOD_ATC_PUBLIC or staff):
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
+        self.anonymous = not staff  # the public view: no prompts, no client addresses
         self.acked_seq = None  # None: this client does not acknowledge
         self.acked_at = time.monotonic()
         self.tick_sent = events.latest_tick  # the snapshot already says what it says
         since = _since(self.scope.get("query_string", b""))
-        resumed = events.events_after(since) if since is not None else None
+        resumed = events.events_after(since, anonymous=self.anonymous) if since is not None else None
         if resumed is not None:
             self.last_seq = max([since] + [e["seq"] for e in resumed])
             await self.send_json({"type": "resume", "seq": self.last_seq, "events": resumed})
@@ -58,7 +60,7 @@ class AtcConsumer(AsyncJsonWebsocketConsumer):
             self.acked_at = time.monotonic()
 
     async def send_snapshot(self):
-        snapshot = await build_snapshot(public=settings.CLOOD_ATC_PUBLIC)
+        snapshot = await build_snapshot(public=settings.CLOOD_ATC_PUBLIC, anonymous=self.anonymous)
         self.last_seq = snapshot["seq"]
         await self.send_json(snapshot)
 
@@ -79,7 +81,8 @@ class AtcConsumer(AsyncJsonWebsocketConsumer):
                 self.tick_sent = tick
             if not kept:
                 continue
-            await self.send(text_data='{"type":"batch","events":[' + ",".join(k.text for k in kept) + "]}")
+            texts = (k.public_text for k in kept) if self.anonymous else (k.text for k in kept)
+            await self.send(text_data='{"type":"batch","events":[' + ",".join(texts) + "]}")
             if self._too_far_behind():
                 await self.close(code=CLOSE_TOO_SLOW)
                 return

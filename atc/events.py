@@ -36,21 +36,50 @@ _dropped = False
 MAX_BACKLOG = 10_000  # sends of one loop waiting for the ones before them
 
 
-class Kept:
-    """An event in the buffer, with its JSON text made once, when the first reader needs it."""
+PRIVATE_FIELDS = ("prompt", "client")  # in a request's events: not for anonymous viewers (CLOOD_ATC_PUBLIC)
 
-    __slots__ = ("event", "seq", "_text")
+
+def for_anonymous(data):
+    """`data` (an event's, or a flight's) without the prompt and the client's address, for a public view."""
+    if not any(data.get(name) for name in PRIVATE_FIELDS):
+        return data
+    return {**data, **{name: "" for name in PRIVATE_FIELDS if name in data}}
+
+
+class Kept:
+    """An event in the buffer, with its JSON text made once, when the first reader needs it (and once more for
+    anonymous viewers when it names a prompt or a client)."""
+
+    __slots__ = ("event", "seq", "_text", "_public_text")
 
     def __init__(self, event):
         self.event = event
         self.seq = event["seq"]
         self._text = None
+        self._public_text = None
 
     @property
     def text(self):
         if self._text is None:
             self._text = json.dumps(self.event)
         return self._text
+
+    @property
+    def public_event(self):
+        """The event as anonymous viewers see it: a request's prompt and client left out (a catfight's prompt is
+        the show, and stays)."""
+        data = self.event.get("data")
+        if not (isinstance(data, dict) and self.event["type"].startswith("request_")):
+            return self.event
+        public = for_anonymous(data)
+        return self.event if public is data else {**self.event, "data": public}
+
+    @property
+    def public_text(self):
+        if self._public_text is None:
+            public = self.public_event
+            self._public_text = self.text if public is self.event else json.dumps(public)
+        return self._public_text
 
 
 # The newest events of this process (ticks aside), for snapshots, resumes and the consumers' batches.
@@ -110,9 +139,11 @@ def kept_after(seq):
     return [kept for kept in recent if kept.seq > seq]
 
 
-def events_after(seq):
+def events_after(seq, anonymous=False):
     kept = kept_after(seq)
-    return None if kept is None else [k.event for k in kept]
+    if kept is None:
+        return None
+    return [k.public_event for k in kept] if anonymous else [k.event for k in kept]
 
 
 async def news():

@@ -72,7 +72,9 @@ def counters(garden, live, per_second=None):
     }
 
 
-async def build_snapshot(public=False, recent_limit=200):
+async def build_snapshot(public=False, recent_limit=200, anonymous=False):
+    """The snapshot a page gets on connect; `anonymous`: for a viewer of the public view who is not logged in as
+    staff, without prompts and client addresses."""
     garden = await snapshot.ensure_fresh()
     live = board.merged(live_view())
     differing = _differing_digests(garden)
@@ -84,9 +86,9 @@ async def build_snapshot(public=False, recent_limit=200):
         "data": {
             "hosts": [host_as_dict(h, live, differing) for h in garden.hosts],
             "aliases": aliases.for_atc(alias_table),
-            "in_flight": live["in_flight"],
+            "in_flight": [events.for_anonymous(f) for f in live["in_flight"]] if anonymous else live["in_flight"],
             "queued": live["queued"],
-            "events": [k.event for k in events.recent if k.seq <= seq][-recent_limit:],
+            "events": [k.public_event if anonymous else k.event for k in events.recent if k.seq <= seq][-recent_limit:],
             "counters": counters(garden, live, _previous.get("per_second")),
             "public": public,
         },

@@ -1,6 +1,7 @@
 """The ATC websocket consumer, with channels' WebsocketCommunicator (as channels' own tests do)."""
 
 import asyncio
+import json
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -40,6 +41,37 @@ async def test_public_setting_lets_anyone_watch(settings):
     message = await communicator.receive_json_from(2)
     assert message["type"] == "snapshot" and message["data"]["public"] is True
     await communicator.disconnect()
+
+
+async def test_the_public_view_shows_no_prompts_or_client_addresses_to_anonymous_viewers(settings, staff):
+    settings.CLOOD_ATC_PUBLIC = True
+    started = {"id": "r1", "model": "llama3.2:1b", "host": "box", "client": "10.0.0.7", "prompt": "my diary"}
+    before = events.last_seq()
+    await events.apublish("request_started", **started)
+    await events.apublish("catfight_started", id=1, prompt="which is faster?")  # a catfight's prompt is the show
+    await asyncio.sleep(0.01)
+
+    anonymous = await connect(AnonymousUser())
+    snapshot = (await anonymous.receive_json_from(2))["data"]["events"]
+    watcher = await connect(staff)
+    staff_snapshot = (await watcher.receive_json_from(2))["data"]["events"]
+    await events.apublish("request_started", **{**started, "id": "r2"})  # live, in a batch
+    live = await receive_events(anonymous, 1)
+    live_staff = await receive_events(watcher, 1)
+
+    public = [e for e in snapshot + live if e["type"] == "request_started"]
+    assert [(e["data"]["id"], e["data"]["prompt"], e["data"]["client"]) for e in public][-2:] == [
+        ("r1", "", ""), ("r2", "", "")]  # fmt: skip
+    assert "my diary" not in json.dumps(snapshot + live) and "10.0.0.7" not in json.dumps(snapshot + live)
+    assert [e["data"]["prompt"] for e in snapshot if e["type"] == "catfight_started"][-1] == "which is faster?"
+    seen_by_staff = [e for e in staff_snapshot + live_staff if e["type"] == "request_started"][-2:]
+    assert [(e["data"]["prompt"], e["data"]["client"]) for e in seen_by_staff] == [("my diary", "10.0.0.7")] * 2
+    resuming = await connect(AnonymousUser(), f"/ws/atc/?since={before}")
+    resumed = await resuming.receive_json_from(2)
+    assert resumed["type"] == "resume" and "my diary" not in json.dumps(resumed)
+    assert [e["data"]["prompt"] for e in resumed["events"] if e["type"] == "request_started"] == ["", ""]
+    for communicator in (anonymous, watcher, resuming):
+        await communicator.disconnect()
 
 
 async def test_snapshot_has_hosts_models_and_counters(staff):
