@@ -55,9 +55,9 @@ def parse_spec(payload):
     clean, seen = [], set()
     for contestant in contestants:
         model, host = _contestant(contestant, garden)
-        if (model, host) in seen:
+        if (normalize_model_name(model), host) in seen:  # `LLAMA3.2:1B` is `llama3.2:1b`
             raise ApiError(400, f"{model} on {host} is listed twice.", param="contestants", code="duplicate")
-        seen.add((model, host))
+        seen.add((normalize_model_name(model), host))
         clean.append((model, host))
     params = {}
     for name, kind in (("temperature", float), ("seed", int), ("max_tokens", int)):
@@ -100,14 +100,15 @@ def parse_spec(payload):
 
 def _prompts(payload):
     if payload.get("challenge_set") is not None:
-        challenge = ChallengeSet.objects.filter(pk=payload["challenge_set"]).first() \
-            if isinstance(payload["challenge_set"], int) else None  # fmt: skip
+        pk = payload["challenge_set"]
+        valid = isinstance(pk, int) and not isinstance(pk, bool) and 0 < pk < 2**63
+        challenge = ChallengeSet.objects.filter(pk=pk).first() if valid else None
         if challenge is None or not challenge.prompts:
             raise ApiError(400, "No challenge set with that id (or it has no prompts).", param="challenge_set",
                            code="not_found")  # fmt: skip
-        payload.setdefault("judge", None)
-        if payload["judge"] and not payload["judge"].get("rubric") and challenge.rubric:
-            payload["judge"]["rubric"] = challenge.rubric
+        judge = payload.get("judge")
+        if isinstance(judge, dict) and not judge.get("rubric") and challenge.rubric:  # parse_spec checks the judge
+            judge["rubric"] = challenge.rubric
         return [str(p) for p in challenge.prompts]
     prompt = payload.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
