@@ -318,7 +318,8 @@ class RelayConsumer(ApiConsumer):
             stats.upstream_failed(host.name)
         tokens = telemetry.total_tokens
         tokens_per_s = telemetry.tokens_per_s(finished)
-        stats.request_finished(host.name, ok=ok, tokens=tokens, ttft_ms=telemetry.ttft_ms, tokens_per_s=tokens_per_s)
+        stats.request_finished(host.name, ok=ok, tokens=tokens, ttft_ms=telemetry.ttft_ms, tokens_per_s=tokens_per_s,
+                               model=candidate.model.name)  # fmt: skip
         duration_ms = (finished - started) * 1000
         event = "request_completed" if ok else "request_failed"
         await apublish(

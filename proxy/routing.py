@@ -24,7 +24,7 @@ class Candidate:
     in_flight: int
     max_concurrency: int
     speed_ms: float | None  # see _speed_of: observed p50 TTFT, else the model's benchmark, else health check
-    speed_source: str = "health check"  # "observed" | "benchmark" | "health check"
+    speed_source: str = "health check"  # "observed" | "benchmark" | "observed (other models)" | "health check"
     score: dict = field(default_factory=dict)
 
     @property
@@ -103,13 +103,17 @@ def choose_hosts(model, snapshot, stats, in_flight, *, strategy="smart", backend
 
 
 def _speed_of(host, model, host_stats):
-    """How fast the host answers, best evidence first: the p50 TTFT live traffic measured, else the admin's benchmark
-    of this model on this host, else the smoothed health-check latency. Returns (ms or None, source)."""
-    observed = host_stats.p50_ttft_ms() if host_stats else None
+    """How fast the host answers this model, best evidence first: the p50 TTFT live traffic measured for this model
+    here, else the admin's benchmark of this model on this host, else the p50 TTFT of the host's other models, else
+    the smoothed health-check latency. Returns (ms or None, source)."""
+    observed = host_stats.p50_ttft_ms(model.name) if host_stats else None
     if observed is not None:
         return observed, "observed"
     if model.bench_ttft_ms is not None:
         return model.bench_ttft_ms, "benchmark"
+    observed = host_stats.p50_ttft_ms() if host_stats else None
+    if observed is not None:
+        return observed, "observed (other models)"
     return host.latency_ms, "health check"
 
 

@@ -27,13 +27,24 @@ class HostStats:
     circuit_opened_at: float = 0.0  # wall-clock time, compared with the monitor's last check
     probing: bool = False  # the one request let through after the cooldown is in flight
     warm: dict = field(default_factory=dict)  # model -> monotonic time clood last loaded it here (cold start)
+    model_ttft_ms: dict = field(default_factory=dict)  # model -> deque of its recent TTFTs here (ms)
 
     def recently_loaded(self, model, now=None):
         loaded_at = self.warm.get(model)
         return loaded_at is not None and (now or time.monotonic()) - loaded_at < WARM_FOR_SECONDS
 
-    def p50_ttft_ms(self):
-        return statistics.median(self.ttft_ms) if self.ttft_ms else None
+    def p50_ttft_ms(self, model=None):
+        """The median TTFT of recent requests here: of every model, or of the normalised `model` only."""
+        ttfts = self.ttft_ms if model is None else self.model_ttft_ms.get(model)
+        return statistics.median(ttfts) if ttfts else None
+
+    def observe_ttft(self, ms, model=None):
+        self.ttft_ms.append(ms)
+        if model is not None:
+            ttfts = self.model_ttft_ms.get(model)
+            if ttfts is None:
+                ttfts = self.model_ttft_ms[model] = deque(maxlen=50)
+            ttfts.append(ms)
 
     def recent_tokens_per_s(self):
         return statistics.median(self.tokens_per_s) if self.tokens_per_s else None
@@ -92,7 +103,7 @@ class LiveStats:
         if stats and stats.circuit_open_until and checked_at and checked_at.timestamp() > stats.circuit_opened_at:
             self.upstream_succeeded(name)
 
-    def request_finished(self, name, *, ok, tokens, ttft_ms, tokens_per_s):
+    def request_finished(self, name, *, ok, tokens, ttft_ms, tokens_per_s, model=None):
         stats = self.host(name)
         stats.requests += 1
         stats.tokens += tokens or 0
@@ -101,6 +112,6 @@ class LiveStats:
         if not ok:
             self.totals["errors"] += 1
         if ttft_ms is not None:
-            stats.ttft_ms.append(ttft_ms)
+            stats.observe_ttft(ttft_ms, model)
         if tokens_per_s:
             stats.tokens_per_s.append(tokens_per_s)

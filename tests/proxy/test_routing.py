@@ -76,12 +76,31 @@ def test_a_benchmarked_fast_host_wins_when_no_live_traffic_measured_either(strat
 @pytest.mark.parametrize("strategy", ["fastest", "smart"])
 def test_live_traffic_overrides_a_benchmark(strategy):
     stats = LiveStats()
-    stats.host("slow-bench").ttft_ms.extend([20, 20])  # measured fast since the benchmark
+    for ms in (20, 20):
+        stats.host("slow-bench").observe_ttft(ms, "llama3.2:1b")  # this model, measured fast since the benchmark
     hosts = [host("slow-bench", latency=1, bench=900.0), host("fast-bench", latency=40, bench=60.0)]
     names, decision = order(hosts, strategy=strategy, stats=stats)
     assert names == ["slow-bench", "fast-bench"]
     sources = {c["host"]: c["speed_source"] for c in decision.as_dict()["candidates"]}
     assert sources == {"slow-bench": "observed", "fast-bench": "benchmark"}
+
+
+@pytest.mark.parametrize("strategy", ["fastest", "smart"])
+def test_traffic_of_another_model_does_not_override_this_model_s_benchmark(strategy):
+    stats = LiveStats()
+    for ms in (20, 20):
+        stats.host("slow-bench").observe_ttft(ms, "tinyllama:1b")  # a tiny model is fast: says nothing of this one
+    hosts = [host("slow-bench", latency=1, bench=900.0), host("fast-bench", latency=40, bench=60.0)]
+    names, decision = order(hosts, strategy=strategy, stats=stats)
+    assert names == ["fast-bench", "slow-bench"]
+    sources = {c["host"]: c["speed_source"] for c in decision.as_dict()["candidates"]}
+    assert sources == {"slow-bench": "benchmark", "fast-bench": "benchmark"}
+    # Without a benchmark, the host's other models are the best evidence there is (better than a health check).
+    names, decision = order([host("slow-bench", latency=1), host("fast-bench", latency=40)], strategy=strategy,
+                            stats=stats)  # fmt: skip
+    sources = {c["host"]: c["speed_source"] for c in decision.as_dict()["candidates"]}
+    assert sources == {"slow-bench": "observed (other models)", "fast-bench": "health check"}
+    assert names == ["slow-bench", "fast-bench"]
 
 
 def test_without_traffic_or_benchmark_the_health_check_latency_is_the_speed():
