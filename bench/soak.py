@@ -131,6 +131,7 @@ def clood_env(workdir, first_host):
         CLOOD_DEFAULT_HOSTS=f"{first_host.name}={first_host.url}",  # not localhost:11434
         DEBUG="false",
         PYTHONUNBUFFERED="1",
+        CLOOD_EXPOSE_INTERNALS="true",  # /_clood/internals: clood's asyncio tasks, counted at each sample
     )
     return env
 
@@ -296,6 +297,14 @@ async def clood_status(control, clood_url):
         return None
 
 
+async def clood_tasks(control, clood_url):
+    try:
+        async with control.get(f"{clood_url}/_clood/internals") as response:
+            return (await response.json())["tasks"]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        return None
+
+
 def host_states(status):
     return {h["name"]: h["status"] for h in (status or {}).get("hosts", [])}
 
@@ -322,6 +331,9 @@ class Soak:
 
     async def status(self):
         return await clood_status(self.control, self.clood_url)
+
+    async def tasks(self):
+        return await clood_tasks(self.control, self.clood_url)
 
     async def restart_hosts(self):
         """Restart the hosts in turn, the first at half an interval; none that would not be back before the end."""
@@ -374,13 +386,13 @@ class Soak:
         cpu_started = cpu_seconds(self.daphne_pid)
         while True:
             self.procs.check_alive("daphne")
-            self.samples.append(self.sample(await self.status(), cpu_started))
+            self.samples.append(self.sample(await self.status(), cpu_started, await self.tasks()))
             now = time.monotonic()
             if now >= self.stop_at - 0.5:
                 return
             await asyncio.sleep(min(SAMPLE_EVERY - (now - self.started) % SAMPLE_EVERY, self.stop_at - now))
 
-    def sample(self, status, cpu_started):
+    def sample(self, status, cpu_started, tasks=None):
         """One progress row: the clients' counts, clood's RSS, fds, threads and CPU, and its view of the hosts."""
         sent, ok, errors = self.tally.totals()
         pid, now = self.daphne_pid, time.monotonic()
@@ -393,6 +405,7 @@ class Soak:
             "rss_mb": round(rss_bytes(pid) / 2**20, 1),
             "fds": open_fds(pid),
             "threads": threads(pid),
+            "tasks": tasks,
             "clood_cpu_s": round(cpu_seconds(pid) - cpu_started, 2),
             "gen_cpu_s": round(cpu_seconds(os.getpid()), 2),
             "machine_cpu_s": round(machine_busy_seconds(), 2),
@@ -409,6 +422,7 @@ class Soak:
         hosts = " ".join(f"{name}:{state}" for name, state in sample["hosts"].items())
         log(f"{sample['at_s'] // 60:>3}:{sample['at_s'] % 60:02d}  sent {sent}  ok {ok}  errors {errors}  "
             f"{sample['rps']} req/s  RSS {sample['rss_mb']} MB  fds {sample['fds']}  threads {sample['threads']}  "
+            f"tasks {sample['tasks']}  "
             f"CPU % clood {sample['clood_cpu_percent']} gen {sample['gen_cpu_percent']} "
             f"machine {sample['machine_cpu_percent']}  in flight {sample['in_flight']}  {hosts}")  # fmt: skip
         return sample
@@ -447,9 +461,11 @@ class Soak:
             self.traffic_s = time.monotonic() - self.started
             # The clients' connections are closed now: what clood still holds is its own.
             status = await self.wait_idle()
+            idle_tasks = await clood_tasks(self.control, self.clood_url)
         pid = self.daphne_pid
         self.idle = {"rss_mb": round(rss_bytes(pid) / 2**20, 1), "fds": open_fds(pid), "threads": threads(pid),
-                     "in_flight": (status or {}).get("in_flight"), "queued": (status or {}).get("queued")}  # fmt: skip
+                     "in_flight": (status or {}).get("in_flight"), "queued": (status or {}).get("queued"),
+                     "tasks": idle_tasks}  # fmt: skip
         self.final_status = status
 
 
@@ -504,14 +520,17 @@ def check_growth(samples, idle, args):
     rss_change = 100 * (end["rss_mb"] - start["rss_mb"]) / start["rss_mb"]
     fd_change = end["fds"] - start["fds"]
     return {
-        "start": {k: start[k] for k in ("at_s", "rss_mb", "fds", "threads")},
-        "end": {k: end[k] for k in ("at_s", "rss_mb", "fds", "threads")},
+        "start": {k: start.get(k) for k in ("at_s", "rss_mb", "fds", "threads", "tasks")},
+        "end": {k: end.get(k) for k in ("at_s", "rss_mb", "fds", "threads", "tasks")},
         "idle_after_drain": idle,
         "rss_change_percent": round(rss_change, 1),
         "fd_change": fd_change,
         "thread_change": end["threads"] - start["threads"],
         "rss_ok": rss_change <= args.max_rss_growth,
         "fds_ok": fd_change <= args.max_fd_growth,
+        # At rest, clood holds what it held under load at most (its background tasks; no request's leftovers).
+        "tasks_ok": None not in (idle.get("tasks"), start.get("tasks")) and idle["tasks"] <= start["tasks"],
+        "idle_ok": idle.get("in_flight") == 0 and idle.get("queued") == 0,
     }
 
 
@@ -562,8 +581,10 @@ def render(report):
         f"| {g['idle_after_drain']['fds']} | {'ok' if g['fds_ok'] else '**GREW**'} |",
         f"| threads | {g['start']['threads']} | {g['end']['threads']} | {g['thread_change']:+d} "
         f"| {g['idle_after_drain']['threads']} | |",
+        f"| asyncio tasks | {g['start']['tasks']} | {g['end']['tasks']} | | {g['idle_after_drain'].get('tasks')} "
+        f"| {'ok' if g.get('tasks_ok') else '**MORE THAN UNDER LOAD**'} (at rest ≤ under load) |",
         f"| in flight / queued (/status) | | | | {g['idle_after_drain']['in_flight']} / "
-        f"{g['idle_after_drain']['queued']} | should be 0 / 0 |",
+        f"{g['idle_after_drain']['queued']} | {'ok' if g.get('idle_ok') else '**NOT 0 / 0**'} |",
         "",
         "| request log | routed sent | reached clood | ids seen | rows | ids without a row | rows without a seen id "
         "| lost |",
@@ -603,7 +624,15 @@ def verdict(growth, log_check):
         problems.append(f"RSS grew {growth['rss_change_percent']:+.1f} %")
     if not growth["fds_ok"]:
         problems.append(f"open fds grew {growth['fd_change']:+d}")
-    return ("FAIL: " + "; ".join(problems)) if problems else "PASS: no request log row lost, RSS and fds flat"
+    if not growth["idle_ok"]:
+        problems.append("requests still in flight or queued after the drain")
+    if not growth["tasks_ok"]:
+        problems.append("more asyncio tasks at rest than under load")
+    return (
+        ("FAIL: " + "; ".join(problems))
+        if problems
+        else ("PASS: no request log row lost, RSS and fds flat, nothing left in flight, no task left behind")
+    )
 
 
 # --- main ----------------------------------------------------------------------------------------------------------
