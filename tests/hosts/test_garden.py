@@ -264,6 +264,19 @@ def test_a_host_dying_mid_pull_fails_the_pull_and_the_next_one_works(admin_clien
     assert HostModel.objects.filter(host=host, name="llama3.2:3b").exists()
 
 
+def test_a_host_that_stalls_mid_pull_fails_the_pull_after_the_idle_timeout(admin_client, sim_host, settings):
+    settings.CLOOD_PULL_IDLE_TIMEOUT = 0.5
+    # Three progress lines, then a byte every 2 s: the connection is open, the pull goes nowhere.
+    sim = sim_host(models=[], pull_seconds=0.5, fail="drip", drip_rate=0.5, fail_paths=["/api/pull"],
+                   fail_after_tokens=3)  # fmt: skip
+    host = register(sim)
+    pull_via_admin(admin_client, [host], "llama3.2:3b")
+    stalled = GardenOperation.objects.get(kind="pull")
+    assert stalled.status == "failed", stalled.error
+    assert stalled.error.startswith("lost the connection to box") and "timed out" in stalled.error, stalled.error
+    assert not HostModel.objects.filter(host=host, name="llama3.2:3b").exists()
+
+
 def test_a_pull_to_a_host_that_is_gone_fails_with_a_clear_error(admin_client, sim_host):
     sim = sim_host(models=["llama3.2:1b"])
     host = register(sim)
