@@ -1,5 +1,5 @@
-"""Garden operations in the browser: pull with a live progress bar (admin and ATC), a failed pull, preload and
-benchmark showing on ATC's host cards, discover and import — against a real clood and simulated hosts."""
+"""Garden operations in the browser: pull with a live progress bar (admin and ATC), a failed pull, preload, unload,
+benchmark and delete showing on ATC's host cards, discover and import — against a real clood and simulated hosts."""
 
 import re
 
@@ -152,3 +152,28 @@ def test_an_alias_request_shows_the_model_it_became_on_atc(atc, garden):
     wait_until(lambda: "fast" in [m.id for m in client.models.list()], timeout=15, what="the alias to be listed")
     client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hello"}])
     expect(atc.locator("#feed")).to_contain_text("fast → llama3.2:1b → alpha")
+
+
+def test_unload_and_delete_show_on_the_host_card(admin, atc):
+    models_page = admin.url.split("/admin/")[0] + "/admin/hosts/hostmodel/"
+    admin.goto(models_page)
+    row = admin.locator("tr[data-model='qwen2.5-coder:7b'] li[data-host='beta']")
+    card = atc.locator(".host-card[data-host='beta']")
+    hot = card.locator(".chips-hot .chip[data-model='qwen2.5-coder:7b']")
+    if hot.count() == 0:  # loaded by the preload test when it ran first; this test does not rely on it
+        row.locator("button.op-preload").click()
+        expect(hot).to_have_count(1, timeout=20_000)
+
+    admin.locator("tr[data-model='qwen2.5-coder:7b'] li[data-host='beta'] button.op-unload").click()
+    expect(hot).to_have_count(0, timeout=20_000)  # still installed, no longer loaded
+    expect(card.locator(".chip[data-model='qwen2.5-coder:7b']")).to_have_count(1)
+    expect(atc.locator("#feed")).to_contain_text("unload qwen2.5-coder:7b on beta done")
+
+    admin.locator("tr[data-model='qwen2.5-coder:7b'] li[data-host='beta'] a.op-delete").click()
+    expect(admin.locator("#delete-model-form")).to_contain_text("Yes, delete it from beta")  # asks first
+    expect(card.locator(".chip[data-model='qwen2.5-coder:7b']")).to_have_count(1)  # nothing happened yet
+    admin.click("#delete-model-form input[type=submit]")
+    expect(card.locator(".chip[data-model='qwen2.5-coder:7b']")).to_have_count(0, timeout=20_000)
+    expect(atc.locator("#feed")).to_contain_text("delete qwen2.5-coder:7b on beta done")
+    admin.goto(models_page)
+    expect(admin.locator("tr[data-model='qwen2.5-coder:7b']")).to_have_count(0)
