@@ -215,11 +215,20 @@ async def run_forever(interval=None):
         started = time.monotonic()
         try:
             await check_hosts()
+            await expire_stale_operations()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("host monitor cycle failed; trying again next interval")
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+async def expire_stale_operations():
+    """Garden operations left running or queued by a clood process that was killed are marked failed (the operations
+    pages do it too as they are shown): one query a cycle, in the process that monitors."""
+    from hosts import garden  # garden imports this module
+
+    await sync_to_async(garden.expire_stale)()
 
 
 # ARGV: lock key, this process, lock ms. Takes the lock when free, renews it when ours; 1 when we hold it.

@@ -1,6 +1,8 @@
 """Garden operations from the admin (hosts/garden.py) against simulated hosts over real HTTP: pull, delete, copy,
 preload, unload, benchmark and discover, with their progress, failures and refusals."""
 
+import asyncio
+
 import pytest
 from asgiref.sync import async_to_sync
 from django.urls import reverse
@@ -180,6 +182,31 @@ def test_an_operation_left_by_a_stopped_process_does_not_block_forever(sim_host)
     garden._create("delete", host, "llama3.2:1b", "admin")
     stale.refresh_from_db()
     assert stale.status == "failed" and "stopped" in stale.error
+
+
+def test_the_monitor_marks_a_killed_process_s_operations_failed_without_a_page_being_shown(sim_host, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from hosts import garden, monitor
+
+    host = register(sim_host(models=["llama3.2:1b"]))
+    old = timezone.now() - timedelta(seconds=garden.STALE_AFTER + 5)
+    killed = GardenOperation.objects.create(kind="pull", host=host, host_name="box", model="phi3:mini",
+                                            status="queued", started_at=old, updated_at=old)  # fmt: skip
+
+    async def one_cycle():
+        cycle = asyncio.create_task(monitor.run_forever(interval=60))
+        try:
+            while (await GardenOperation.objects.aget(pk=killed.pk)).status == "queued":
+                await asyncio.sleep(0.05)
+        finally:
+            cycle.cancel()
+
+    async_to_sync(asyncio.wait_for)(one_cycle(), 20)
+    killed.refresh_from_db()
+    assert killed.status == "failed" and killed.error == "the clood process running it stopped"
 
 
 def test_pull_refuses_names_that_are_not_model_names(admin_client, sim_host):
