@@ -138,9 +138,17 @@ def _install():
             self.deadline = None
 
         def data_arrives(self):
+            """Bytes arrive while Twisted is between requests (it parses lines: no request is being read or answered).
+            With no partial line pending they begin a new request, whose clock starts now; otherwise the clock of the
+            line pending runs on (blank lines between requests leave nothing pending, and start nothing)."""
+            if not self._pending():
+                self.lost()
             if self.started is None:
                 self.started = reactor.seconds()
                 self.deadline = reactor.callLater(settings.CLOOD_REQUEST_READ_TIMEOUT, self._too_slow)
+
+        def _pending(self):
+            return bool(getattr(self.channel, "_buffer", b""))
 
         def take(self):
             """The request has begun (its first line is read): it takes over the deadline; the start time."""
@@ -161,6 +169,9 @@ def _install():
             self.deadline = None
             transport = self.channel.transport
             if transport is None or getattr(transport, "disconnected", False):
+                return
+            if getattr(self.channel, "_handlingRequest", False) or not self._pending():
+                self.started = None  # a request is being answered, or what came was blank lines: nothing is late
                 return
             timeout = settings.CLOOD_REQUEST_READ_TIMEOUT
             error = ApiError(408, f"The request did not arrive within {timeout:g} s.", code="request_timeout")
@@ -185,14 +196,17 @@ def _install():
             return protocol
 
     def _watch_first_lines(protocol):
-        """Every byte that arrives while no request is being read starts a FirstLine deadline (if none runs)."""
+        """Bytes that arrive while Twisted parses lines between requests start a FirstLine deadline (see data_arrives).
+        While a request is read its own deadline runs; while one is answered Twisted only buffers what comes."""
         channel = protocol._channel  # Twisted's HTTPChannel inside its protocol-negotiating wrapper
         first_line = FirstLine(channel)
         channel.clood_first_line = first_line
         received, lost = protocol.dataReceived, protocol.connectionLost
 
         def data_received(data):
-            if not any(isinstance(r, DeadlineRequest) and r.reading for r in getattr(channel, "requests", ())):
+            answering = getattr(channel, "_handlingRequest", False)
+            reading = any(isinstance(r, DeadlineRequest) and r.reading for r in getattr(channel, "requests", ()))
+            if not (answering or reading):
                 first_line.data_arrives()
             received(data)
 
@@ -203,6 +217,11 @@ def _install():
         protocol.dataReceived, protocol.connectionLost = data_received, connection_lost
 
         def bad_request():  # Twisted's own answer to malformed HTTP is a bare 400: this one has the API's error body
+            first_line.lost()
+            for request in getattr(channel, "requests", ()):  # the one being read gets no 408 on top
+                if isinstance(request, DeadlineRequest):
+                    request._stop_deadline()
+                    request._refused, request.reading = True, False
             path = getattr(channel, "_path", b"") or b""
             error = ApiError(400, "The request is not valid HTTP/1.1.", code="bad_request")
             write_refusal(channel.transport, error, "ollama" if path.startswith(b"/api/") else "openai",

@@ -516,6 +516,31 @@ def test_an_idle_keep_alive_connection_is_not_timed_out(garden):
         assert first.extensions["network_stream"] is second.extensions["network_stream"]  # the same connection
 
 
+def test_a_request_pipelined_behind_a_long_stream_is_not_timed_out(garden):
+    """Bytes that come while a response is being sent wait for it (Twisted buffers them): the read deadline must
+    neither cut the stream short nor refuse the next request, however long the stream takes."""
+    stream = raw_post(CHAT, json.dumps({**SLOW_STREAM, "max_tokens": 80}).encode())  # 80 tokens at 20/s: 4 s
+    after = raw_post("/api/chat", json.dumps({**OK_CHAT, "stream": False}).encode(), headers=b"Connection: close\r\n")
+    with connect(garden) as sock:
+        sock.sendall(stream)
+        head, first_bytes = read_head(sock)  # the stream is under way...
+        sock.sendall(after)  # ...when the next request comes
+        answer = first_bytes + read_all(sock, timeout=READ_TIMEOUT + 10)
+    assert head.startswith(b"http/1.1 200")
+    assert b" 408 " not in answer and b"request_timeout" not in answer
+    assert answer.count(b"HTTP/1.1 200") == 1, answer[-300:]  # the second answer, after the whole stream
+    assert b"data: [DONE]" in answer and b'"done": true' in answer
+
+
+def test_blank_lines_between_requests_start_no_clock(garden):
+    with connect(garden) as sock:
+        sock.sendall(b"\r\n")  # what some clients send after a body: Twisted skips it
+        time.sleep(READ_TIMEOUT + 1)
+        sock.sendall(raw_post(CHAT, OK_BODY, headers=b"Connection: close\r\n"))
+        answer = read_all(sock, timeout=10)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 def test_a_huge_content_length_is_413_before_the_body_is_read(garden):
     with connect(garden) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n{")
