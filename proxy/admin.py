@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -202,10 +203,14 @@ class AliasAdmin(admin.ModelAdmin):
 
 
 def _aliases_changed():
-    """This process routes by the new table at once (the others within CLOOD_SNAPSHOT_REFRESH), and every ATC page
-    shows it."""
-    aliases.invalidate()
-    aliases.announce(aliases.load())
+    """Once the change is committed: this process routes by the new table at once (the others within
+    CLOOD_SNAPSHOT_REFRESH), and every ATC page shows it."""
+
+    def committed():
+        aliases.invalidate()
+        aliases.announce()
+
+    transaction.on_commit(committed)
 
 
 def _held_by_usable_hosts():

@@ -55,6 +55,7 @@ class AliasTable:
 _table = AliasTable(by_key={})
 _refresher = None
 _announced = None  # the alias list ATC pages were last told about (for_atc), by this process
+_announced_at = float("-inf")  # when the database read behind `_announced` began (monotonic)
 _announcing = threading.Lock()
 
 
@@ -74,35 +75,41 @@ def load():
 
 async def refresh():
     global _table
+    began = time.monotonic()
     _table = await in_db_thread(load)()
     if not shared.enabled():
-        await _notice(_table)
+        await _notice(_table, began)
     return _table
 
 
-def announce(table_):
-    """An admin or a command changed the aliases: every ATC page is told (with several processes, through Redis)."""
-    listing = for_atc(table_)
-    if shared.enabled() or _claim(listing):  # with several processes, another one's change may be in between
+def announce():
+    """An admin or a command changed the aliases (committed): every ATC page is told (several processes: through
+    Redis). Sync: reads the table."""
+    began = time.monotonic()
+    listing = for_atc(load())
+    if shared.enabled() or _claim(listing, began):  # several processes: another's change may be between
         events.publish("aliases_changed", aliases=listing)
 
 
-async def _notice(table_):
+async def _notice(table_, began):
     """One process: a change it did not announce itself (a management command's publish reaches only that command)
-    is announced here, when the table is reloaded."""
+    is announced here, when the table is reloaded (`began`: when its query started)."""
     listing = for_atc(table_)
-    if _claim(listing, quietly_first=True):
+    if _claim(listing, began, quietly_first=True):
         await events.apublish("aliases_changed", aliases=listing)
 
 
-def _claim(listing, quietly_first=False):
-    """Whether `listing` is news to the pages (then it is theirs now). The admin's thread and the reloading loop
-    may see one change at once: it is announced once. `quietly_first`: the first table a process loads is what
-    the pages' snapshots show already."""
-    global _announced
+def _claim(listing, read_at, quietly_first=False):
+    """Whether `listing`, read from the database at `read_at` (monotonic), is news to the pages (then it is theirs
+    now). The admin's thread and the reloading loop may see one change at once: it is announced once; a reload that
+    began before the newest announcement may hold the table before it, and is no news. `quietly_first`: the first
+    table a process loads is what the pages' snapshots show already."""
+    global _announced, _announced_at
     with _announcing:
+        if read_at < _announced_at:
+            return False
         first, news = _announced is None, listing != _announced
-        _announced = listing
+        _announced, _announced_at = listing, read_at
     return news and not (first and quietly_first)
 
 

@@ -312,7 +312,7 @@ def _aliases_as_at_start():
     announces only changes after that): a table left by an earlier test must not make an aliases_changed event."""
     from proxy import aliases
 
-    aliases._announced = None
+    aliases._announced, aliases._announced_at = None, float("-inf")
     yield
 
 

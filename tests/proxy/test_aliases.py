@@ -404,8 +404,13 @@ async def test_the_atc_pages_hear_of_each_alias_change_once(settings):
     await aliases.refresh()  # the first table: what the pages' snapshots show already
     assert len(changes()) == before
 
+    import time
+
+    began = time.monotonic()
+    before_the_change = await sync_to_async(aliases.load)()  # a reload whose query ran just before the change...
     await Alias.objects.acreate(name="fast", targets=["llama3.2:1b"])
-    await sync_to_async(aliases.announce)(await sync_to_async(aliases.load)())  # as the admin does
+    await sync_to_async(aliases.announce)()  # as the admin does, once the change is committed
+    await aliases._notice(before_the_change, began)  # ...and finishes after its announcement: no news, not undone
     await aliases.refresh()  # the server's reload: nothing new
     assert [[a["name"] for a in listing] for listing in changes()[before:]] == [["fast"]]
 

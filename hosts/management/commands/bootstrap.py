@@ -27,7 +27,8 @@ class Command(BaseCommand):
         User = get_user_model()
         username = settings.CLOOD_ADMIN_USER
         user = User.objects.filter(username=username).first()
-        if settings.CLOOD_ADMIN_PASSWORD:  # the same validators as the admin's password forms
+        changing = user is None or not user.check_password(settings.CLOOD_ADMIN_PASSWORD)
+        if settings.CLOOD_ADMIN_PASSWORD and changing:  # the admin's password forms' validators, when it is set
             try:
                 validate_password(settings.CLOOD_ADMIN_PASSWORD, user or User(username=username))
             except ValidationError as error:

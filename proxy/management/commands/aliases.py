@@ -29,7 +29,7 @@ class Command(BaseCommand):
     def handle(self, *args, action, **options):
         getattr(self, f"handle_{action}")(**options)
         if action != "list":
-            aliases.announce(aliases.load())  # ATC pages show the change (with one process, the server notices it)
+            aliases.announce()  # ATC pages show the change (with one process, the server notices it)
 
     def handle_set(self, name, models, description, disabled, **_):
         alias = _find(name, missing_ok=True) or Alias()
