@@ -40,10 +40,24 @@ PRIVATE_FIELDS = ("prompt", "client")  # in a request's events: not for anonymou
 
 
 def for_anonymous(data):
-    """`data` (an event's, or a flight's) without the prompt and the client's address, for a public view."""
-    if not any(data.get(name) for name in PRIVATE_FIELDS):
+    """`data` (an event's, or a flight's) without the prompt and the client's address, for a public view; `auto`'s
+    reason goes too, as it may quote the prompt (`the prompt asks for writing ('write my …')`)."""
+    auto = _without_reason(data.get("auto"))
+    decision = data.get("decision")
+    decision_auto = _without_reason(decision.get("auto")) if isinstance(decision, dict) else None
+    if not any(data.get(name) for name in PRIVATE_FIELDS) and auto is None and decision_auto is None:
         return data
-    return {**data, **{name: "" for name in PRIVATE_FIELDS if name in data}}
+    public = {**data, **{name: "" for name in PRIVATE_FIELDS if name in data}}
+    if auto is not None:
+        public["auto"] = auto
+    if decision_auto is not None:
+        public["decision"] = {**decision, "auto": decision_auto}
+    return public
+
+
+def _without_reason(auto):
+    """A copy of an `auto` dict without its reason, or None when there is no reason to take out."""
+    return {**auto, "reason": ""} if isinstance(auto, dict) and auto.get("reason") else None
 
 
 class Kept:
@@ -118,11 +132,26 @@ def keep(event):
 
 
 def _wake_readers():
+    """Wake the readers waiting in news(). An event kept from another thread (an admin action, a sync_to_async call)
+    wakes them through their own loop: a future is not thread-safe."""
     if _news:
-        for future in _news:
-            if not future.done():
-                future.set_result(None)
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        waiting = list(_news)
         _news.clear()
+        for future in waiting:
+            loop = future.get_loop()
+            if loop is here:
+                _wake(future)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, future)
+
+
+def _wake(future):
+    if not future.done():
+        future.set_result(None)
 
 
 def last_seq():

@@ -213,13 +213,13 @@ async def run_forever(interval=None):
     log.info("host monitor running every %g s", interval)
     while True:
         started = time.monotonic()
-        try:
-            await check_hosts()
-            await expire_stale_operations()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("host monitor cycle failed; trying again next interval")
+        for step in (check_hosts, expire_stale_operations):  # one failing does not skip the other
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("host monitor cycle failed (%s); trying again next interval", step.__name__)
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 

@@ -45,17 +45,21 @@ async def test_public_setting_lets_anyone_watch(settings):
 
 async def test_the_public_view_shows_no_prompts_or_client_addresses_to_anonymous_viewers(settings, staff):
     settings.CLOOD_ATC_PUBLIC = True
-    started = {"id": "r1", "model": "llama3.2:1b", "host": "box", "client": "10.0.0.7", "prompt": "my diary"}
+    why = "the prompt asks for writing ('write my diary')"  # auto's reason may quote the prompt
+    started = {"id": "r1", "model": "auto", "host": "box", "client": "10.0.0.7", "prompt": "my diary",
+               "auto": {"tier": "writing", "reason": why},
+               "decision": {"reason": "box has it", "auto": {"reason": why}}}  # fmt: skip
     before = events.last_seq()
     await events.apublish("request_started", **started)
     await events.apublish("catfight_started", id=1, prompt="which is faster?")  # a catfight's prompt is the show
-    await asyncio.sleep(0.01)
+    await events.flushed()
 
     anonymous = await connect(AnonymousUser())
     snapshot = (await anonymous.receive_json_from(2))["data"]["events"]
     watcher = await connect(staff)
     staff_snapshot = (await watcher.receive_json_from(2))["data"]["events"]
     await events.apublish("request_started", **{**started, "id": "r2"})  # live, in a batch
+    await events.flushed()
     live = await receive_events(anonymous, 1)
     live_staff = await receive_events(watcher, 1)
 
@@ -63,6 +67,8 @@ async def test_the_public_view_shows_no_prompts_or_client_addresses_to_anonymous
     assert [(e["data"]["id"], e["data"]["prompt"], e["data"]["client"]) for e in public][-2:] == [
         ("r1", "", ""), ("r2", "", "")]  # fmt: skip
     assert "my diary" not in json.dumps(snapshot + live) and "10.0.0.7" not in json.dumps(snapshot + live)
+    assert public[-1]["data"]["auto"] == {"tier": "writing", "reason": ""}  # the tier shows, the reason does not
+    assert public[-1]["data"]["decision"]["reason"] == "box has it"
     assert [e["data"]["prompt"] for e in snapshot if e["type"] == "catfight_started"][-1] == "which is faster?"
     seen_by_staff = [e for e in staff_snapshot + live_staff if e["type"] == "request_started"][-2:]
     assert [(e["data"]["prompt"], e["data"]["client"]) for e in seen_by_staff] == [("my diary", "10.0.0.7")] * 2
@@ -72,6 +78,22 @@ async def test_the_public_view_shows_no_prompts_or_client_addresses_to_anonymous
     assert [e["data"]["prompt"] for e in resumed["events"] if e["type"] == "request_started"] == ["", ""]
     for communicator in (anonymous, watcher, resuming):
         await communicator.disconnect()
+
+
+async def test_an_event_published_from_another_thread_reaches_the_page(staff):
+    """An admin action or a sync_to_async call publishes from a worker thread: the waiting consumer is woken through
+    its own loop (call_soon_threadsafe) and sends the event."""
+    import threading
+
+    communicator = await connect(staff)
+    await communicator.receive_json_from(2)  # the snapshot
+    await asyncio.sleep(0.3)  # the consumer waits in news()
+    publisher = threading.Thread(target=events.publish, args=("host_status",), kwargs={"host": "box", "status": "x"})
+    publisher.start()  # nothing on this loop hears of it: only the consumer's wake-up can
+    received = await receive_events(communicator, 1)
+    publisher.join()
+    assert received[0]["type"] == "host_status" and received[0]["data"]["host"] == "box"
+    await communicator.disconnect()
 
 
 async def test_snapshot_has_hosts_models_and_counters(staff):
