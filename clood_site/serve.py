@@ -204,6 +204,9 @@ def _install():
         received, lost = protocol.dataReceived, protocol.connectionLost
 
         def data_received(data):
+            if protocol._channel is not channel:  # negotiated away from HTTP/1.1 (h2): Twisted's own timeouts apply
+                received(data)
+                return
             answering = getattr(channel, "_handlingRequest", False)
             reading = any(isinstance(r, DeadlineRequest) and r.reading for r in getattr(channel, "requests", ()))
             if not (answering or reading):

@@ -241,8 +241,8 @@ async def _touch_queued_forever(waiting):
             await in_db_thread(GardenOperation.objects.filter(pk__in=list(waiting), status=Status.QUEUED).update)(
                 updated_at=timezone.now()
             )
-        except DatabaseError as exc:
-            log.warning("could not touch queued garden operations: %s", exc)
+        except Exception:  # noqa: BLE001 - keep beating: a stopped keeper would make them look stale
+            log.warning("could not touch queued garden operations", exc_info=True)
 
 
 # --- Running (async) ---

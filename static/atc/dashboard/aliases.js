@@ -8,21 +8,25 @@ import { state } from "./state.js";
 const shown = (key) => String(key).replace(/:latest$/, "");
 let drawn = "";
 
-function heldByUsableHosts() {
+/** Names of the models the hosts hold: all of them (`usable` false) or only those that can serve now, as routing
+ * sees them (enabled, online, circuit not open). */
+function heldBy(usable) {
   const held = new Set();
   for (const host of state.hosts.values()) {
-    if (host.enabled === false || !host.online || host.circuit === "open") continue;
+    const serving = host.enabled !== false && host.online && host.circuit !== "open"; // half-open: a probe goes
+    if (usable && !serving) continue;
     for (const model of host.models || []) held.add(model.name);
   }
   return held;
 }
 
-/** What a request for `alias` would get now: {serving: key or null, shadowed: true when a real model has its name}. */
-function servingNow(alias, held, byKey) {
-  if (held.has(alias.key)) return { shadowed: true };
+/** What a request for `alias` would get now: {serving: key or null}, {tiers} for auto, or {shadowed: true} when a
+ * real model has its name on some host, in any state (a real model wins, as proxy/aliases.py resolves). */
+function servingNow(alias, held, heldAnywhere, byKey) {
+  if (heldAnywhere.has(alias.key)) return { shadowed: true };
   if (alias.auto) {
     const tiers = alias.targets.map((key) => {
-      const tier = held.has(key) ? null : byKey.get(key);
+      const tier = heldAnywhere.has(key) ? null : byKey.get(key);
       const models = tier ? tier.targets : [key];
       return { key, serving: models.find((m) => held.has(m)) || null };
     });
@@ -33,9 +37,10 @@ function servingNow(alias, held, byKey) {
 
 export function renderAliases() {
   const aliases = state.aliases || [];
-  const held = heldByUsableHosts();
+  const held = heldBy(true);
+  const heldAnywhere = heldBy(false);
   const byKey = new Map(aliases.map((a) => [a.key, a]));
-  const rows = aliases.map((alias) => ({ alias, now: servingNow(alias, held, byKey) }));
+  const rows = aliases.map((alias) => ({ alias, now: servingNow(alias, held, heldAnywhere, byKey) }));
   const signature = JSON.stringify(rows.map(({ alias, now }) => [alias, now, alias.targets.map((t) => held.has(t))]));
   if (signature === drawn) return;
   drawn = signature;
