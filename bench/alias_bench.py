@@ -9,6 +9,7 @@ completions from a closed-loop load generator (bench/proxy_bench.py's). Writes b
 
 import argparse
 import json
+from pathlib import Path
 
 from proxy_bench import (
     MODEL,
@@ -78,7 +79,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=6.0, help="Measured seconds per case.")
     parser.add_argument("--concurrency", type=int, default=16, help="Requests in flight.")
-    parser.add_argument("--json", default=DEFAULT_JSON, help="Where to write the figures.")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="Where to write the figures.")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
     start = run_started()
