@@ -88,11 +88,16 @@ async def build_snapshot(public=False, recent_limit=200, anonymous=False):
             "aliases": aliases.for_atc(alias_table),
             "in_flight": [events.for_anonymous(f) for f in live["in_flight"]] if anonymous else live["in_flight"],
             "queued": live["queued"],
-            "events": [k.public_event if anonymous else k.event for k in events.recent if k.seq <= seq][-recent_limit:],
+            "events": [k.public_event if anonymous else k.event for k in _recent(seq, recent_limit)],
             "counters": counters(garden, live, _previous.get("per_second")),
             "public": public,
         },
     }
+
+
+def _recent(seq, limit):
+    """The newest `limit` kept events up to `seq`."""
+    return [k for k in events.recent if k.seq <= seq][-limit:]
 
 
 def tick_data(live=None):

@@ -122,10 +122,13 @@ def _install():
 
         def _refuse(self, error):
             """Answer `error` straight on the connection and close it: the request never reaches the application."""
+            self.give_up()
+            write_refusal(self.channel.transport, error, getattr(self.channel, "_path", b""))
+
+        def give_up(self):
+            """Read no more of this request and never answer it 408 (it is refused, or its connection is)."""
             self._stop_deadline()
             self._refused, self.reading = True, False
-            path = getattr(self.channel, "_path", b"") or b""
-            write_refusal(self.channel.transport, error, "ollama" if path.startswith(b"/api/") else "openai")
 
     class FirstLine:
         """A request's first line, until Twisted has read it whole (only then is there a request, with its own
@@ -175,12 +178,12 @@ def _install():
                 return
             timeout = settings.CLOOD_REQUEST_READ_TIMEOUT
             error = ApiError(408, f"The request did not arrive within {timeout:g} s.", code="request_timeout")
-            partial = getattr(self.channel, "_buffer", b"")  # the line so far: which API was it for?
-            write_refusal(transport, error, "ollama" if b" /api/" in bytes(partial)[:64] else "openai")
+            line_so_far = bytes(getattr(self.channel, "_buffer", b""))  # "POST /api/ch…": which API was it for?
+            write_refusal(transport, error, line_so_far.split(b" ", 2)[1] if line_so_far.count(b" ") else b"")
 
-    def write_refusal(transport, error, flavour, close=None):
-        """Answer `error` straight on the connection and close it."""
-        status, headers, body = error.render(flavour)
+    def write_refusal(transport, error, path, close=None):
+        """Answer `error` straight on the connection, in the shape of the API `path` belongs to, and close it."""
+        status, headers, body = error.render("ollama" if (path or b"").startswith(b"/api/") else "openai")
         head = [b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode())]
         head += [name + b": " + value for name, value in headers]
         head += [b"content-length: %d" % len(body), b"connection: close"]
@@ -223,12 +226,9 @@ def _install():
             first_line.lost()
             for request in getattr(channel, "requests", ()):  # the one being read gets no 408 on top
                 if isinstance(request, DeadlineRequest):
-                    request._stop_deadline()
-                    request._refused, request.reading = True, False
-            path = getattr(channel, "_path", b"") or b""
+                    request.give_up()
             error = ApiError(400, "The request is not valid HTTP/1.1.", code="bad_request")
-            write_refusal(channel.transport, error, "ollama" if path.startswith(b"/api/") else "openai",
-                          close=channel.loseConnection)  # fmt: skip
+            write_refusal(channel.transport, error, getattr(channel, "_path", b""), close=channel.loseConnection)
 
         channel._respondToBadRequestAndDisconnect = bad_request
 

@@ -55,9 +55,10 @@ def parse_spec(payload):
     clean, seen = [], set()
     for contestant in contestants:
         model, host = _contestant(contestant, garden)
-        if (normalize_model_name(model), host) in seen:  # `LLAMA3.2:1B` is `llama3.2:1b`
+        same = (normalize_model_name(model), host)  # `LLAMA3.2:1B` is `llama3.2:1b`
+        if same in seen:
             raise ApiError(400, f"{model} on {host} is listed twice.", param="contestants", code="duplicate")
-        seen.add((normalize_model_name(model), host))
+        seen.add(same)
         clean.append((model, host))
     params = {}
     for name, kind in (("temperature", float), ("seed", int), ("max_tokens", int)):

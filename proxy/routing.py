@@ -23,7 +23,7 @@ class Candidate:
     loaded: bool
     in_flight: int
     max_concurrency: int
-    speed_ms: float | None  # see _speed_of: observed p50 TTFT, else the model's benchmark, else health check
+    speed_ms: float | None  # see _speed_of: the best evidence of how fast this host answers this model
     speed_source: str = "health check"  # "observed" | "benchmark" | "observed (other models)" | "health check"
     score: dict = field(default_factory=dict)
 
